@@ -1,0 +1,263 @@
+"""The running agent: builds every stage from the config, starts them, stops them together.
+
+Stages are lifecycle objects (start/stop). They are started in dependency order and stopped in
+reverse, so on SIGTERM the capture stops first, the analysis loop finishes its frame, and the
+spool commits what was accepted before the process exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from agent import models
+from agent.capture import CaptureStage, FrameSource, SourceError, open_source, webcam_available
+from agent.clock import Clock
+from agent.config.schema import Config
+from agent.detect import CardError, Detector, load_detector
+from agent.events import EventEmitter, EventFactory, JsonLinesOutput, ThumbnailFiles
+from agent.motion import MotionGate
+from agent.paths import default_state_dir
+from agent.pipeline import Pipeline
+from agent.systemd import Notifier
+from agent.track import Tracker
+from agent.uplink.spool import Priority, Spool, SpoolLimits
+
+log = logging.getLogger(__name__)
+
+
+class AgentError(Exception):
+    """A user-facing start-up failure (bad model, unreadable video, no camera): one clear message."""
+
+
+class Stage(Protocol):
+    def stop(self) -> None: ...
+
+
+@dataclass
+class RunOptions:
+    """Per-run choices that are not node configuration."""
+
+    simulate: bool = False
+    events_out: Path | None = None
+    print_events: bool = True
+    max_frames: int | None = None
+    install_signal_handlers: bool = True
+
+
+@dataclass
+class Running:
+    """What `Agent.start()` built; tests and the control plane reach stages through it."""
+
+    spool: Spool
+    capture: CaptureStage
+    detector: Detector
+    pipeline: Pipeline
+    factory: EventFactory
+    clock: Clock
+    state_dir: Path
+    stages: list[Stage] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def state_dir_for(config: Config) -> Path:
+    return (config.node.state_dir or default_state_dir()).expanduser()
+
+
+def choose_source(config: Config, simulate: bool) -> FrameSource:
+    spec = config.capture.source
+    if spec == "auto":
+        if webcam_available(0):
+            log.info("source: webcam 0")
+            spec = "webcam:0"
+        else:
+            log.info("no webcam found; using the built-in synthetic street scene (try --source to choose)")
+            spec = "synthetic"
+    try:
+        return open_source(spec, config.capture)
+    except SourceError as exc:
+        raise AgentError(str(exc)) from None
+
+
+def choose_model(config: Config, source: FrameSource, state_dir: Path) -> Path:
+    spec = config.detect.model
+    try:
+        if spec != "auto":
+            return models.resolve(spec, state_dir)
+        if source.name != "synthetic":
+            real = models.installed_path("yolox-nano", state_dir)
+            if real is not None:
+                return real
+            log.warning(
+                "the default model vigil-synth only knows the synthetic scene; for a real camera run "
+                "`agent models fetch yolox-nano` (or pass --model)"
+            )
+        return models.resolve("vigil-synth", state_dir)
+    except models.ModelError as exc:
+        raise AgentError(str(exc)) from None
+
+
+class Agent:
+    def __init__(
+        self, config: Config, options: RunOptions | None = None, *, clock: Clock | None = None
+    ) -> None:
+        self.config = config
+        self.options = options or RunOptions()
+        self.clock = clock or Clock()
+        self.stop_event = threading.Event()
+        self.running: Running | None = None
+        self.notifier = Notifier()
+        self._on_started: list[Callable[[Running], None]] = []
+
+    # -- building ---------------------------------------------------------------------------------
+    def _load_detector(self, path: Path) -> Detector:
+        d = self.config.detect
+        try:
+            return load_detector(
+                path,
+                score_threshold=d.score_threshold,
+                nms_iou=d.nms_iou,
+                classes=d.classes,
+                min_box_area=d.min_box_area,
+                threads=d.threads,
+            )
+        except CardError as exc:
+            raise AgentError(str(exc)) from None
+
+    def _spool(self, state_dir: Path) -> Spool:
+        sp = self.config.spool
+        day = 86400.0
+        limits = SpoolLimits(
+            budget_bytes=int(sp.budget_mb * 1024 * 1024),
+            free_floor_bytes=int(sp.free_floor_mb * 1024 * 1024),
+            commit_interval_s=sp.commit_interval_ms / 1000.0,
+            ttl_s={
+                Priority.CRITICAL: sp.ttl_critical_days * day,
+                Priority.EVENT: sp.ttl_event_days * day,
+                Priority.THUMB: sp.ttl_thumb_days * day,
+                Priority.TELEMETRY: sp.ttl_telemetry_days * day,
+            },
+        )
+        return Spool(state_dir / "spool.db", limits=limits, clock_trusted=lambda: self.clock.state().trusted)
+
+    def start(self) -> Running:
+        cfg = self.config
+        state_dir = state_dir_for(cfg)
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AgentError(f"cannot create state directory {state_dir}: {exc}") from None
+        source = choose_source(cfg, self.options.simulate)
+        detector = self._load_detector(choose_model(cfg, source, state_dir))
+        log.info(
+            "model %s (%s…) on %s", detector.card.name, detector.sha256[:12], getattr(source, "name", "?")
+        )
+        stages: list[Stage] = []
+        spool = self._spool(state_dir).start()
+        stages.append(spool)
+        if spool.recovered_from is not None:
+            log.error("the spool was corrupt and was moved aside to %s", spool.recovered_from)
+        if self.options.print_events or self.options.events_out:
+            spool.add_listener(JsonLinesOutput(path=self.options.events_out))
+        spool.add_listener(ThumbnailFiles(state_dir / "thumbs"))
+        if not cfg.uplink.broker:
+            # No broker: the local outputs above are the delivery, so records are acknowledged once written.
+            spool.add_listener(lambda records: spool.ack(r.rowid for r in records))
+        factory = EventFactory(
+            cfg.node.id, self.clock, lambda: self.running.detector.info() if self.running else {}
+        )
+        if cfg.node.location is not None:
+            static = {
+                "lat": cfg.node.location.lat,
+                "lon": cfg.node.location.lon,
+                "mode": "static",
+                "hdop": None,
+                "age_s": None,
+            }
+            factory.add_context(lambda: {"location": static})
+        pipeline = Pipeline(
+            detector=detector,
+            gate=MotionGate(cfg.motion),
+            tracker=Tracker(
+                iou_match=cfg.track.iou_match,
+                confirm_hits=cfg.track.confirm_hits,
+                max_missed_s=cfg.track.max_missed_s,
+                stationary_after_s=cfg.track.stationary_after_s,
+                stationary_max_missed_s=cfg.track.stationary_max_missed_s,
+            ),
+            factory=factory,
+            emitter=EventEmitter(spool),
+            events_cfg=cfg.events,
+        )
+        capture = CaptureStage(
+            source,
+            realtime=cfg.capture.realtime,
+            reconnect_initial_s=cfg.capture.reconnect_initial_s,
+            reconnect_max_s=cfg.capture.reconnect_max_s,
+        )
+        try:
+            capture.start()
+        except SourceError as exc:
+            self._stop_stages(stages)
+            raise AgentError(str(exc)) from None
+        stages.append(capture)
+        self.running = Running(spool, capture, detector, pipeline, factory, self.clock, state_dir, stages)
+        for hook in self._on_started:
+            hook(self.running)
+        return self.running
+
+    def on_started(self, hook: Callable[[Running], None]) -> None:
+        self._on_started.append(hook)
+
+    # -- running ----------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Start, analyse until the stream ends, --max-frames or a signal, then stop cleanly."""
+        if self.options.install_signal_handlers:
+            self._install_signals()
+        running = self.start()
+        self.notifier.ready(f"analysing {running.capture.source.name}")
+        try:
+            running.pipeline.run(
+                running.capture,
+                self.stop_event,
+                max_frames=self.options.max_frames,
+                heartbeat=self.notifier.ping,
+            )
+        except SourceError as exc:
+            raise AgentError(str(exc)) from None
+        finally:
+            self.notifier.stopping()
+            self.stop()
+        return 0
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self.running is not None:
+            started = time.monotonic()
+            self._stop_stages(self.running.stages)
+            log.info("stopped in %.2fs", time.monotonic() - started)
+
+    @staticmethod
+    def _stop_stages(stages: list[Stage]) -> None:
+        for stage in reversed(stages):
+            try:
+                stage.stop()
+            except Exception:
+                log.exception("error stopping %s", type(stage).__name__)
+        stages.clear()
+
+    def _install_signals(self) -> None:
+        def handle(signum: int, _frame: object) -> None:
+            if self.stop_event.is_set():
+                raise KeyboardInterrupt  # second Ctrl-C: give up waiting
+            log.info("received %s, stopping", signal.Signals(signum).name)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGINT, handle)
+        signal.signal(signal.SIGTERM, handle)

@@ -1,0 +1,1 @@
+"""Subcommands of the `agent` command line, one module each."""

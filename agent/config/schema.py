@@ -1,0 +1,262 @@
+"""The configuration schema: one pydantic model per stage, all strict about unknown keys.
+
+Every field carries a description because `agent check-config` and the privacy report quote them.
+Validators are pure functions of the value; nothing here opens a file or a device.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+
+class Section(BaseModel):
+    """Base for every config table: unknown keys are errors, assignments are re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StaticLocation(Section):
+    lat: float = Field(ge=-90, le=90, description="Latitude in decimal degrees (WGS84).")
+    lon: float = Field(ge=-180, le=180, description="Longitude in decimal degrees (WGS84).")
+    alt: float | None = Field(default=None, description="Altitude in metres, if known.")
+
+
+class NodeConfig(Section):
+    id: str = Field(
+        default="sim-node",
+        pattern=NODE_ID_PATTERN,
+        description="Node identity: the MQTT client id and topic level; the certificate CN on a fleet.",
+    )
+    site: str = Field(default="", description="Human-readable site name, for operators.")
+    state_dir: Path | None = Field(
+        default=None,
+        description="Where the spool, thumbnails, counters and audit log live. "
+        "Default: $XDG_DATA_HOME/vigil (per user) or /var/lib/vigil when run as a service.",
+    )
+    location: StaticLocation | None = Field(
+        default=None, description="Fixed position used when no GNSS fix is available."
+    )
+
+
+class CaptureConfig(Section):
+    source: str = Field(
+        default="auto",
+        description="Frame source: auto (webcam, else synthetic), synthetic[:SEED], file:PATH or a path, "
+        "webcam[:INDEX], rtsp://..., picamera2.",
+    )
+    fps: float = Field(default=10.0, gt=0, le=60, description="Target analysis frame rate.")
+    width: int = Field(default=640, ge=64, le=4096, description="Analysis frame width (camera sources).")
+    height: int = Field(default=360, ge=48, le=4096, description="Analysis frame height (camera sources).")
+    main_width: int = Field(
+        default=1920, ge=64, le=8192, description="picamera2 main stream width, used only for crops."
+    )
+    main_height: int = Field(default=1080, ge=48, le=8192, description="picamera2 main stream height.")
+    realtime: bool = Field(
+        default=True,
+        description="Pace files and the synthetic scene at their fps (false: as fast as possible).",
+    )
+    loop: bool = Field(default=False, description="Restart a file source at its end instead of stopping.")
+    reconnect_initial_s: float = Field(
+        default=1.0, gt=0, description="First wait before reopening a lost stream (RTSP, webcam)."
+    )
+    reconnect_max_s: float = Field(default=30.0, gt=0, description="Cap of the reconnect backoff.")
+
+
+class MotionConfig(Section):
+    enabled: bool = Field(
+        default=True, description="Run the detector only on motion, live tracks or keyframes."
+    )
+    width: int = Field(
+        default=160, ge=32, le=640, description="Width the frame is reduced to for differencing."
+    )
+    pixel_threshold: int = Field(
+        default=22, ge=1, le=255, description="Grey-level change that counts a pixel as moving."
+    )
+    min_area: float = Field(
+        default=0.0015,
+        gt=0,
+        lt=1,
+        description="Share of the frame that must move to wake the detector.",
+    )
+    background_alpha: float = Field(
+        default=0.05, gt=0, le=1, description="How fast the reference frame follows slow light changes."
+    )
+    keyframe_interval_s: float = Field(
+        default=5.0, gt=0, description="Run the detector at least this often even without motion."
+    )
+
+
+class DetectConfig(Section):
+    model: str = Field(
+        default="auto",
+        description="ONNX model: a path to a .onnx file (its card beside it), a model name from the "
+        "manifest (installed under <state_dir>/models or shipped in models/), or auto: vigil-synth for the "
+        "synthetic scene, yolox-nano for real cameras when it is installed.",
+    )
+    score_threshold: float = Field(default=0.4, ge=0, le=1, description="Minimum detection score kept.")
+    nms_iou: float = Field(default=0.45, gt=0, le=1, description="IoU above which overlapping boxes merge.")
+    classes: list[str] = Field(
+        default_factory=lambda: ["person", "bicycle", "car", "motorbike", "motorcycle", "bus", "truck"],
+        description="Labels analysed; everything else the model finds is dropped on the node. "
+        "Empty means every label of the model.",
+    )
+    min_box_area: float = Field(
+        default=0.0004, ge=0, lt=1, description="Smallest box kept, as a share of the frame area."
+    )
+    threads: int = Field(default=2, ge=1, le=16, description="onnxruntime intra-op threads.")
+
+    @field_validator("classes")
+    @classmethod
+    def _labels_not_blank(cls, value: list[str]) -> list[str]:
+        cleaned = [v.strip() for v in value]
+        if any(not v for v in cleaned):
+            raise ValueError("labels must be non-empty strings")
+        return cleaned
+
+
+class TrackConfig(Section):
+    iou_match: float = Field(default=0.25, gt=0, le=1, description="Minimum IoU to continue a track.")
+    confirm_hits: int = Field(
+        default=3, ge=1, le=30, description="Detections needed before a track is reported (object_appeared)."
+    )
+    max_missed_s: float = Field(
+        default=2.0, gt=0, description="Seconds unseen before a confirmed track ends (object_left)."
+    )
+    stationary_after_s: float = Field(
+        default=10.0, gt=0, description="Seconds nearly still after which an object counts as stationary."
+    )
+    stationary_max_missed_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="Seconds a stationary object may go unseen (headlights, shadows, occlusion) and keep "
+        "its track, so parked cars do not re-trigger.",
+    )
+
+
+class EventsConfig(Section):
+    thumbnails: bool = Field(default=True, description="Attach a small JPEG crop of the object to events.")
+    thumb_max_side: int = Field(default=320, ge=32, le=1024, description="Longest side of a thumbnail, px.")
+    thumb_quality: int = Field(default=80, ge=10, le=95, description="JPEG quality of thumbnails.")
+    thumb_margin: float = Field(
+        default=0.15, ge=0, le=1, description="Margin around the box, share of its size."
+    )
+    stdout: bool = Field(default=True, description="Print each event as a JSON line (simulate mode).")
+
+
+class TlsConfig(Section):
+    ca_file: Path | None = Field(
+        default=None, description="CA certificate(s) that signed the broker's certificate."
+    )
+    cert_file: Path | None = Field(default=None, description="This node's client certificate (mutual TLS).")
+    key_file: Path | None = Field(default=None, description="This node's private key (keep it 0600).")
+    server_name: str | None = Field(
+        default=None, description="Expected name in the broker certificate, if not the host in the URL."
+    )
+
+
+class UplinkConfig(Section):
+    broker: str = Field(
+        default="",
+        description="mqtt://host:port or mqtts://host:port (TLS). Empty: no broker; events go to the local "
+        "JSON-lines output and the spool acknowledges them once written.",
+    )
+    protocol: Literal["3.1.1", "5"] = Field(default="3.1.1", description="MQTT protocol version.")
+    topic_prefix: str = Field(
+        default="vigil",
+        pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$",
+        description="First topic level(s): topics are {prefix}/{node}/events, …/thumbs/{id}, …/status.",
+    )
+    username: str | None = Field(default=None, description="MQTT username (optional; mTLS needs none).")
+    password: str | None = Field(default=None, description="MQTT password (prefer password_file).")
+    password_file: Path | None = Field(default=None, description="File holding the MQTT password.")
+    tls: TlsConfig = Field(default_factory=TlsConfig)
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive interval.")
+    inflight: int = Field(default=20, ge=1, le=1000, description="Publishes awaiting PUBACK at once.")
+    reconnect_min_s: float = Field(
+        default=1.0, gt=0, description="First reconnect delay (jittered, doubling)."
+    )
+    reconnect_max_s: float = Field(default=120.0, gt=0, description="Cap of the reconnect delay.")
+    backlog_share: float = Field(
+        default=0.25,
+        ge=0,
+        le=1,
+        description="Share of publishes reserved for the backlog while live records flow.",
+    )
+    max_bytes_per_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Uplink byte-rate cap (metered links); thumbnails shrink or wait first.",
+    )
+    max_bytes_per_day: int | None = Field(
+        default=None,
+        gt=0,
+        description="Daily byte cap; past 90% only metadata and critical records are sent.",
+    )
+    link_profile: str | None = Field(
+        default=None,
+        description="Simulate only: a scripted link (profile name or file) between agent and broker.",
+    )
+
+    @model_validator(mode="after")
+    def _broker_url(self) -> UplinkConfig:
+        if self.broker and not self.broker.startswith(("mqtt://", "mqtts://")):
+            raise ValueError("uplink.broker must start with mqtt:// or mqtts://")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("uplink.reconnect_max_s must be >= uplink.reconnect_min_s")
+        return self
+
+
+class SpoolConfig(Section):
+    budget_mb: float = Field(
+        default=256.0, gt=0, description="Most disk the spool may use (database and journal)."
+    )
+    free_floor_mb: float = Field(
+        default=64.0,
+        ge=0,
+        description="Free space always left on the filesystem; the spool evicts to keep it.",
+    )
+    commit_interval_ms: int = Field(
+        default=200,
+        ge=10,
+        le=5000,
+        description="Group commit interval (fewer, larger writes spare the SD card).",
+    )
+    ttl_critical_days: float = Field(
+        default=7.0, gt=0, description="Critical records expire after this long unsent."
+    )
+    ttl_event_days: float = Field(
+        default=7.0, gt=0, description="Event metadata expires after this long unsent."
+    )
+    ttl_thumb_days: float = Field(default=7.0, gt=0, description="Thumbnails expire after this long unsent.")
+    ttl_telemetry_days: float = Field(
+        default=7.0, gt=0, description="Telemetry expires after this long unsent."
+    )
+
+
+class LogConfig(Section):
+    level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
+
+
+class Config(Section):
+    """The whole agent configuration (one TOML file)."""
+
+    node: NodeConfig = Field(default_factory=NodeConfig)
+    capture: CaptureConfig = Field(default_factory=CaptureConfig)
+    motion: MotionConfig = Field(default_factory=MotionConfig)
+    detect: DetectConfig = Field(default_factory=DetectConfig)
+    track: TrackConfig = Field(default_factory=TrackConfig)
+    events: EventsConfig = Field(default_factory=EventsConfig)
+    uplink: UplinkConfig = Field(default_factory=UplinkConfig)
+    spool: SpoolConfig = Field(default_factory=SpoolConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    @model_validator(mode="after")
+    def _reconnect_order(self) -> Config:
+        if self.capture.reconnect_max_s < self.capture.reconnect_initial_s:
+            raise ValueError("capture.reconnect_max_s must be >= capture.reconnect_initial_s")
+        return self

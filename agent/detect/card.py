@@ -1,0 +1,126 @@
+"""Model cards: everything needed to feed a model and read its output, kept beside the .onnx.
+
+A card is `<model>.card.json` next to `<model>.onnx`. Models listed in the manifest
+(models/manifest.toml) carry their card there, found by the file's sha256, so a pristine
+upstream file such as yolox_nano.onnx needs no file written beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class CardError(Exception):
+    """The model or its card cannot be used; the message says which and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputSpec(_Strict):
+    name: str | None = Field(default=None, description="Graph input name (default: the first input).")
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    color: Literal["BGR", "RGB"] = "BGR"
+    scale: float = Field(default=1.0, description="Multiply pixel values (0..255) by this first.")
+    mean: list[float] = Field(default_factory=lambda: [0.0, 0.0, 0.0])
+    std: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0])
+    letterbox: Literal["top-left", "centre"] = "top-left"
+    pad_value: int = Field(default=114, ge=0, le=255)
+
+
+class OutputSpec(_Strict):
+    decoder: Literal["yolox", "yolov5", "yolov8", "centerface"]
+    strides: list[int] = Field(default_factory=lambda: [8, 16, 32], description="yolox grid strides.")
+    boxes: Literal["grid", "pixels"] = Field(
+        default="grid",
+        description="yolox only: raw grid terms (decode_in_inference=False) or decoded pixels.",
+    )
+    nms: Literal["per-class", "agnostic"] = "per-class"
+
+
+class ModelCard(_Strict):
+    name: str
+    version: str = "1"
+    task: Literal["detect", "face"] = "detect"
+    description: str = ""
+    license: str = ""
+    input: InputSpec
+    output: OutputSpec
+    labels: list[str] = Field(min_length=1)
+    sha256: str | None = None
+
+    @model_validator(mode="after")
+    def _channels(self) -> ModelCard:
+        if len(self.input.mean) != 3 or len(self.input.std) != 3:
+            raise ValueError("input.mean and input.std need three values")
+        if any(s == 0 for s in self.input.std):
+            raise ValueError("input.std must not contain 0")
+        return self
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def card_path_for(model_path: Path) -> Path:
+    return model_path.with_suffix(".card.json")
+
+
+def parse_card(data: dict, origin: str) -> ModelCard:
+    try:
+        return ModelCard.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise CardError(f"model card {origin} is invalid: {problems}") from None
+
+
+@lru_cache(maxsize=16)
+def _cached_sha(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(Path(path))
+
+
+def model_sha256(path: Path) -> str:
+    st = path.stat()
+    return _cached_sha(str(path), st.st_size, st.st_mtime_ns)
+
+
+def find_card(model_path: Path) -> tuple[ModelCard, str]:
+    """The card for a model file and the file's sha256; CardError when there is none."""
+    from agent.models import manifest_card_for_sha
+
+    if not model_path.is_file():
+        raise CardError(f"model file not found: {model_path}")
+    sha = model_sha256(model_path)
+    beside = card_path_for(model_path)
+    if beside.is_file():
+        try:
+            data = json.loads(beside.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CardError(f"cannot read model card {beside}: {exc}") from None
+        card = parse_card(data, str(beside))
+        if card.sha256 and card.sha256 != sha:
+            raise CardError(
+                f"model card {beside} is for sha256 {card.sha256[:12]}…, but {model_path.name} has {sha[:12]}…; "
+                "the model file was replaced or is corrupt"
+            )
+        return card, sha
+    card = manifest_card_for_sha(sha)
+    if card is not None:
+        return card, sha
+    raise CardError(
+        f"no model card for {model_path}: write {beside.name} beside it (see docs/model-card.md) "
+        "or use a model from `agent models list`"
+    )

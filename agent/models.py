@@ -1,0 +1,265 @@
+"""The model manifest, where installed models live, and verified downloads.
+
+Shipped models sit in the repository's models/ folder (or {prefix}/share/vigil/models after a
+wheel install); fetched ones under <state_dir>/models/NAME/. Every download is checked against
+the manifest's sha256 before it can be used, and resumes after a cut link.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import sys
+import tomllib
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import agent
+from agent.detect.card import ModelCard, card_path_for, parse_card, sha256_file
+
+MIRROR_ENV = "VIGIL_MODELS_MIRROR"
+
+
+class ModelError(Exception):
+    """A model cannot be found, fetched or verified; the message tells the user what to do."""
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    name: str
+    description: str
+    license: str
+    url: str | None = None
+    mirror_path: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+    file: str | None = None  # shipped models: path below the models folder
+    shipped: bool = False
+    card: ModelCard | None = None
+
+    @property
+    def filename(self) -> str:
+        for candidate in (self.file, self.mirror_path, self.url):
+            if candidate:
+                return Path(candidate.split("?")[0]).name
+        return f"{self.name}.onnx"
+
+
+def shipped_dirs() -> list[Path]:
+    """Folders holding the shipped models and manifest, most specific first."""
+    candidates = [
+        Path(os.environ["VIGIL_SHIPPED_MODELS"]) if os.environ.get("VIGIL_SHIPPED_MODELS") else None,
+        Path(agent.__file__).resolve().parents[1] / "models",
+        Path(sys.prefix) / "share" / "vigil" / "models",
+        Path("/usr/share/vigil/models"),
+    ]
+    return [p for p in candidates if p is not None and (p / "manifest.toml").is_file()]
+
+
+@lru_cache(maxsize=4)
+def _read_manifest(path: Path) -> tuple[ManifestEntry, ...]:
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    entries = []
+    for raw in data.get("model", []):
+        raw = dict(raw)
+        card = parse_card(raw.pop("card"), f"{path} [{raw.get('name')}]") if "card" in raw else None
+        if card is not None and card.sha256 is None and raw.get("sha256"):
+            card = card.model_copy(update={"sha256": raw["sha256"]})
+        entries.append(ManifestEntry(card=card, **raw))
+    return tuple(entries)
+
+
+def manifest() -> tuple[ManifestEntry, ...]:
+    dirs = shipped_dirs()
+    if not dirs:
+        return ()
+    return _read_manifest(dirs[0] / "manifest.toml")
+
+
+def entry(name: str) -> ManifestEntry:
+    for item in manifest():
+        if item.name == name:
+            return item
+    known = ", ".join(e.name for e in manifest()) or "none"
+    raise ModelError(f"unknown model {name!r} (known: {known}; see `agent models list`)")
+
+
+def manifest_card_for_sha(sha: str) -> ModelCard | None:
+    for item in manifest():
+        if item.card is not None and item.sha256 == sha:
+            return item.card
+    return None
+
+
+def installed_path(name: str, state_dir: Path | None) -> Path | None:
+    """Where model `name` is installed (fetched copy first, then the shipped one), or None."""
+    item = entry(name)
+    if state_dir is not None:
+        fetched = state_dir / "models" / name / item.filename
+        if fetched.is_file():
+            return fetched
+    if item.shipped and item.file:
+        for folder in shipped_dirs():
+            if (folder / item.file).is_file():
+                return folder / item.file
+    return None
+
+
+def looks_like_path(spec: str) -> bool:
+    return spec.endswith(".onnx") or os.sep in spec or spec.startswith(".")
+
+
+def resolve(spec: str, state_dir: Path | None) -> Path:
+    """A model spec from config/CLI (a path or a manifest name) to an existing .onnx path."""
+    if looks_like_path(spec):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise ModelError(f"model file not found: {path}")
+        return path
+    path = installed_path(spec, state_dir)
+    if path is None:
+        raise ModelError(
+            f"model {spec!r} is not installed; run `agent models fetch {spec}` (needs the network or --mirror)"
+        )
+    return path
+
+
+def _source_url(item: ManifestEntry, mirror: str | None) -> str:
+    mirror = mirror or os.environ.get(MIRROR_ENV)
+    if mirror:
+        return mirror.rstrip("/") + "/" + (item.mirror_path or item.filename)
+    if not item.url:
+        raise ModelError(f"model {item.name!r} has no download URL")
+    return item.url
+
+
+Progress = Callable[[int, int | None], None]
+
+
+def download(
+    url: str, dest: Path, sha256: str, *, progress: Progress | None = None, timeout: float = 30.0
+) -> Path:
+    """Download `url` to `dest`, resuming a previous partial download, and verify its sha256.
+
+    The data goes to `dest.part` first; only a file with the right digest is renamed into place,
+    so a cut link or a wrong file never replaces a working model.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": f"vigil-agent/{agent.__version__}"})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            if have and response.status != 206:  # server ignored the range: start again
+                have = 0
+            length = response.headers.get("Content-Length")
+            total = have + int(length) if length is not None else None
+            with part.open("ab" if have else "wb") as out:
+                done = have
+                while chunk := response.read(1 << 16):
+                    out.write(chunk)
+                    done += len(chunk)
+                    if progress:
+                        progress(done, total)
+                out.flush()
+                os.fsync(out.fileno())
+            if total is not None and done < total:
+                raise ConnectionError(f"connection closed after {done} of {total} bytes")
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:  # range beyond the end: what we have may already be complete
+            pass
+        else:
+            raise ModelError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ModelError(
+            f"cannot download {url}: {reason} (offline? use --mirror URL or {MIRROR_ENV}; "
+            f"{part.stat().st_size if part.exists() else 0} bytes kept for resuming)"
+        ) from None
+    got = sha256_file(part)
+    if got != sha256:
+        bad = part.with_name(part.name + ".rejected")
+        part.replace(bad)
+        raise ModelError(
+            f"download of {url} has sha256 {got}, expected {sha256}; refused (kept as {bad.name})"
+        )
+    part.replace(dest)
+    return dest
+
+
+def fetch(name: str, state_dir: Path, *, mirror: str | None = None, progress: Progress | None = None) -> Path:
+    """Install manifest model `name` under state_dir/models/NAME, with its card beside it."""
+    item = entry(name)
+    if item.shipped:
+        path = installed_path(name, None)
+        if path is None:
+            raise ModelError(
+                f"{name} ships with Vigil but its file is missing; reinstall or run models/build_default.py"
+            )
+        return path
+    if not item.sha256:
+        raise ModelError(f"manifest entry {name!r} has no sha256; refusing an unverifiable download")
+    dest = state_dir / "models" / name / item.filename
+    if dest.is_file() and sha256_file(dest) == item.sha256:
+        return dest
+    download(_source_url(item, mirror), dest, item.sha256, progress=progress)
+    if item.card is not None:
+        write_card(card_path_for(dest), item.card)
+    return dest
+
+
+def write_card(path: Path, card: ModelCard) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(card.model_dump(mode="json", exclude_none=True), indent=2) + "\n")
+    tmp.replace(path)
+
+
+def describe(state_dir: Path | None) -> list[dict[str, Any]]:
+    rows = []
+    for item in manifest():
+        path = installed_path(item.name, state_dir)
+        rows.append(
+            {
+                "name": item.name,
+                "installed": str(path) if path else None,
+                "license": item.license,
+                "size": item.size,
+                "sha256": item.sha256,
+                "description": item.description,
+            }
+        )
+    return rows
+
+
+def text_progress(stream=sys.stderr) -> Progress:
+    """A one-line progress bar for terminals (and a quiet one for pipes)."""
+    last = [-1]
+
+    def show(done: int, total: int | None) -> None:
+        if total:
+            pct = int(done * 100 / total)
+            if pct == last[0]:
+                return
+            last[0] = pct
+            bar = "#" * (pct // 4)
+            stream.write(f"\r[{bar:<25}] {pct:3d}% {done / 1e6:6.2f}/{total / 1e6:.2f} MB")
+            if done >= total:
+                stream.write("\n")
+        else:
+            stream.write(f"\r{done / 1e6:6.2f} MB")
+        stream.flush()
+
+    return show
+
+
+def digest_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,92 @@
+"""Cheap motion detection that decides when the detector runs.
+
+Differencing a small grey copy of the frame against a slowly adapting background costs well under a
+millisecond; the detector costs tens. The detector runs when something moves, while any moving
+track is alive (so tracks are not lost between motion blobs), and on a periodic keyframe (so
+stationary objects are refreshed and nothing is missed for long).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from agent.config.schema import MotionConfig
+
+
+@dataclass
+class MotionResult:
+    area: float  # share of the frame that moved
+    boxes: list[tuple[float, float, float, float]]  # moving regions, frame pixels
+
+
+@dataclass
+class GateStats:
+    frames: int = 0
+    detected: int = 0
+    reasons: dict[str, int] = field(
+        default_factory=lambda: {"motion": 0, "tracks": 0, "keyframe": 0, "always": 0}
+    )
+
+    @property
+    def ratio(self) -> float:
+        """Share of frames sent to the detector."""
+        return self.detected / self.frames if self.frames else 0.0
+
+
+class MotionGate:
+    def __init__(self, cfg: MotionConfig) -> None:
+        self.cfg = cfg
+        self._background: np.ndarray | None = None
+        self._last_detect_t: float | None = None
+        self._kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+        self.stats = GateStats()
+
+    def measure(self, image: np.ndarray) -> MotionResult:
+        h, w = image.shape[:2]
+        scale = self.cfg.width / w
+        small = cv2.resize(image, (self.cfg.width, max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+        grey = cv2.GaussianBlur(grey, (5, 5), 0).astype(np.float32)
+        if self._background is None or self._background.shape != grey.shape:
+            self._background = grey.copy()
+            return MotionResult(0.0, [])
+        # compensate global brightness changes (clouds, dusk, auto-exposure) before differencing
+        bg_mean = float(self._background.mean())
+        mean = float(grey.mean())
+        if mean > 1.0:
+            grey *= bg_mean / mean
+        diff = cv2.absdiff(grey, self._background)
+        mask = (diff > self.cfg.pixel_threshold).astype(np.uint8)
+        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self._kernel)
+        cv2.accumulateWeighted(grey, self._background, self.cfg.background_alpha)
+        area = float(mask.mean())
+        boxes: list[tuple[float, float, float, float]] = []
+        if area >= self.cfg.min_area:
+            contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            for contour in contours:
+                x, y, bw, bh = cv2.boundingRect(contour)
+                boxes.append((x / scale, y / scale, (x + bw) / scale, (y + bh) / scale))
+        return MotionResult(area, boxes)
+
+    def decide(self, image: np.ndarray, t: float, moving_tracks: int) -> tuple[bool, MotionResult | None]:
+        """Whether to run the detector on this frame (taken at stream time `t`)."""
+        self.stats.frames += 1
+        if not self.cfg.enabled:
+            return self._run("always", t), None
+        motion = self.measure(image)
+        if self._last_detect_t is None or t - self._last_detect_t >= self.cfg.keyframe_interval_s:
+            return self._run("keyframe", t), motion
+        if motion.area >= self.cfg.min_area:
+            return self._run("motion", t), motion
+        if moving_tracks:
+            return self._run("tracks", t), motion
+        return False, motion
+
+    def _run(self, reason: str, t: float) -> bool:
+        self.stats.detected += 1
+        self.stats.reasons[reason] += 1
+        self._last_detect_t = t
+        return True

@@ -1,0 +1,153 @@
+"""The analysis loop: newest frame → motion gate → detector → tracker → events.
+
+`process()` handles one frame and is what tests drive directly; `run()` is the loop the agent
+runs on its main thread, fed by the capture stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.capture.base import Frame, SourceError
+from agent.capture.stage import CaptureStage
+from agent.config.schema import EventsConfig
+from agent.detect import Detection, Detector
+from agent.events import EventEmitter, EventFactory, make_thumbnail, normalise
+from agent.motion import MotionGate
+from agent.track import Tracker, TrackEvent
+
+log = logging.getLogger(__name__)
+
+FrameObserver = Callable[[Frame, list[Detection], Tracker], None]
+FrameFilter = Callable[[Frame], Frame]
+TrackEventHandler = Callable[[Frame, list[TrackEvent], Tracker], None]
+
+
+@dataclass
+class PipelineStats:
+    frames: int = 0
+    detections: int = 0
+    events: int = 0
+    started_mono: float = field(default_factory=time.monotonic)
+    last_frame_mono: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        elapsed = max(1e-6, time.monotonic() - self.started_mono)
+        return {
+            "frames": self.frames,
+            "detections": self.detections,
+            "events": self.events,
+            "fps": round(self.frames / elapsed, 2),
+        }
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        detector: Detector,
+        gate: MotionGate,
+        tracker: Tracker,
+        factory: EventFactory,
+        emitter: EventEmitter,
+        events_cfg: EventsConfig,
+    ) -> None:
+        self.detector = detector
+        self.gate = gate
+        self.tracker = tracker
+        self.factory = factory
+        self.emitter = emitter
+        self.events_cfg = events_cfg
+        self.stats = PipelineStats()
+        self.filters: list[FrameFilter] = []  # applied before analysis (privacy masks)
+        self.observers: list[FrameObserver] = []  # see every analysed frame (preview, health)
+        self.track_handlers: list[TrackEventHandler] = []  # rules engine and friends
+        self._lock = threading.Lock()  # detector swaps and live config changes
+
+    def swap_detector(self, detector: Detector) -> Detector:
+        with self._lock:
+            old, self.detector = self.detector, detector
+        return old
+
+    def process(self, frame: Frame) -> list[TrackEvent]:
+        for apply in self.filters:
+            frame = apply(frame)
+        self.stats.frames += 1
+        self.stats.last_frame_mono = frame.mono
+        self.factory.see(frame)
+        with self._lock:
+            run, _motion = self.gate.decide(frame.image, frame.t, self.tracker.moving_tracks)
+            detections: list[Detection] = []
+            if run:
+                detections = self.detector.detect(frame.image)
+                self.stats.detections += len(detections)
+                transitions = self.tracker.update(detections, frame.t)
+            else:
+                transitions = self.tracker.expire(frame.t)
+        for event in transitions:
+            self._emit(event, frame)
+        for handler in self.track_handlers:
+            handler(frame, transitions, self.tracker)
+        for observer in self.observers:
+            observer(frame, detections, self.tracker)
+        return transitions
+
+    def finish(self, frame: Frame | None) -> list[TrackEvent]:
+        """The stream ended: close every open track so each appearance gets its `object_left`."""
+        if frame is None:
+            return []
+        transitions = self.tracker.flush(frame.t)
+        for event in transitions:
+            self._emit(event, frame)
+        return transitions
+
+    def _emit(self, event: TrackEvent, frame: Frame) -> None:
+        body = self.factory.from_track(event.kind, event.track, frame)
+        thumb = None
+        if event.kind == "object_appeared" and self.events_cfg.thumbnails:
+            h, w = frame.image.shape[:2]
+            thumb = make_thumbnail(
+                frame.crop_source,
+                tuple(normalise(event.track.box, w, h)),
+                max_side=self.events_cfg.thumb_max_side,
+                quality=self.events_cfg.thumb_quality,
+                margin=self.events_cfg.thumb_margin,
+            )
+        if self.emitter.emit(body, thumb):
+            self.stats.events += 1
+
+    def run(
+        self,
+        capture: CaptureStage,
+        stop: threading.Event,
+        *,
+        max_frames: int | None = None,
+        heartbeat: Callable[[], None] | None = None,
+    ) -> int:
+        """Analyse frames until the stream ends, `stop` is set or `max_frames` were processed."""
+        last: Frame | None = None
+        processed = 0
+        while not stop.is_set():
+            if heartbeat is not None:
+                heartbeat()
+            frame = capture.slot.get(timeout=0.2)
+            if frame is None:
+                if capture.slot.ended:
+                    if capture.slot.error is not None and processed == 0:
+                        raise SourceError(str(capture.slot.error))
+                    if capture.slot.error is not None:
+                        log.error("source failed: %s", capture.slot.error)
+                    self.finish(last)
+                    break
+                continue
+            self.process(frame)
+            last = frame
+            processed += 1
+            if max_frames is not None and processed >= max_frames:
+                break
+        return processed

@@ -1,0 +1,70 @@
+"""Shared fixtures: paths to ../shared data (skipped with a reason when absent), the event schema,
+and a helper that runs the real `agent` command as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("VIGIL_SHARED", ROOT.parent / "shared")).resolve()
+DATA = SHARED / "data"
+YOLOX = DATA / "models" / "yolox_nano" / "yolox_nano.onnx"
+CENTERFACE = DATA / "models" / "centerface" / "centerface.onnx"
+CLIP = DATA / "video" / "one-by-one-person-detection.mp4"
+NMEA_DIR = DATA / "nmea"
+ASTRONAUT = DATA / "images" / "astronaut.png"
+DEFAULT_MODEL = ROOT / "models" / "vigil-synth" / "vigil-synth.onnx"
+
+
+def shared(path: Path) -> Path:
+    """Return a ../shared file, or skip the test saying which file is missing and why it matters."""
+    if not path.exists():
+        pytest.skip(f"shared test data {path} is absent (CI always has ../shared/data; see its SOURCE.md)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def event_validator():
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((ROOT / "schema" / "event-v1.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "state"
+    path.mkdir()
+    return path
+
+
+def agent_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def run_agent(
+    *args: str, timeout: float = 240, env: dict[str, str] | None = None, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m agent ARGS` to completion (the real console entry point)."""
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or agent_env(),
+        cwd=ROOT,
+        input=input,
+    )
+
+
+def read_events(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -1,0 +1,141 @@
+"""`agent models list/fetch` against a local HTTP server serving ../shared/data/models."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from agent import models
+from agent.detect import load_detector
+from tests.conftest import DATA, YOLOX, agent_env, run_agent, shared
+
+
+class ModelMirror:
+    """Serves a folder over HTTP with Range support; can cut a response short to test resume."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.cut_after: int | None = None
+        self.requests: list[tuple[str, str | None]] = []
+        mirror = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+            def do_GET(self):
+                mirror.requests.append((self.path, self.headers.get("Range")))
+                path = (mirror.root / self.path.lstrip("/")).resolve()
+                if not path.is_file() or mirror.root.resolve() not in path.parents:
+                    self.send_error(404)
+                    return
+                data = path.read_bytes()
+                start = 0
+                if rng := self.headers.get("Range"):
+                    start = int(rng.split("=")[1].split("-")[0])
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                body = data[start:]
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if mirror.cut_after is not None:
+                    self.wfile.write(body[: mirror.cut_after])
+                    mirror.cut_after = None
+                    self.connection.shutdown(2)  # the link dies mid-download
+                    return
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def mirror():
+    shared(YOLOX)
+    m = ModelMirror(DATA / "models")
+    yield m
+    m.close()
+
+
+def test_list_shows_shipped_and_fetchable_models(state_dir):
+    res = run_agent("models", "list", "--json", "--state-dir", str(state_dir))
+    assert res.returncode == 0, res.stderr
+    rows = {r["name"]: r for r in json.loads(res.stdout)}
+    assert rows["vigil-synth"]["installed"]
+    assert rows["yolox-nano"]["installed"] is None
+    assert rows["yolox-nano"]["sha256"] == "695e750a5d5754bb5a8d5325643b59282191a7e7a564e435a415fd3c578eab14"
+
+
+def test_fetch_verifies_installs_and_the_agent_uses_it(mirror, state_dir):
+    res = run_agent(
+        "models", "fetch", "yolox-nano", "--mirror", mirror.url, "--state-dir", str(state_dir), "--progress"
+    )
+    assert res.returncode == 0, res.stderr
+    installed = state_dir / "models" / "yolox-nano" / "yolox_nano.onnx"
+    assert installed.read_bytes() == YOLOX.read_bytes()
+    assert "100%" in res.stderr  # progress bar
+    detector = load_detector(installed)
+    assert detector.card.name == "yolox-nano"
+    assert models.resolve("yolox-nano", state_dir) == installed
+    # fetching again is a no-op
+    again = run_agent("models", "fetch", "yolox-nano", "--mirror", mirror.url, "--state-dir", str(state_dir))
+    assert again.returncode == 0 and len(mirror.requests) == 1
+
+
+def test_fetch_refuses_a_file_with_the_wrong_sha256(tmp_path, state_dir):
+    fake_root = tmp_path / "mirror"
+    (fake_root / "yolox_nano").mkdir(parents=True)
+    (fake_root / "yolox_nano" / "yolox_nano.onnx").write_bytes(b"not the model")
+    m = ModelMirror(fake_root)
+    try:
+        res = run_agent("models", "fetch", "yolox-nano", "--mirror", m.url, "--state-dir", str(state_dir))
+    finally:
+        m.close()
+    assert res.returncode == 1
+    assert "refused" in res.stderr and "Traceback" not in res.stderr
+    assert not (state_dir / "models" / "yolox-nano" / "yolox_nano.onnx").exists()
+
+
+def test_fetch_resumes_after_a_cut(mirror, state_dir):
+    mirror.cut_after = 1_000_000
+    with pytest.raises(models.ModelError, match=r"kept for resuming|sha256"):
+        models.fetch("yolox-nano", state_dir, mirror=mirror.url)
+    part = state_dir / "models" / "yolox-nano" / "yolox_nano.onnx.part"
+    assert part.exists() and 0 < part.stat().st_size < YOLOX.stat().st_size
+    path = models.fetch("yolox-nano", state_dir, mirror=mirror.url)
+    assert path.read_bytes() == YOLOX.read_bytes()
+    assert mirror.requests[-1][1] == f"bytes={1_000_000}-"
+
+
+def test_fetch_offline_says_so(state_dir):
+    res = run_agent(
+        "models",
+        "fetch",
+        "yolox-nano",
+        "--mirror",
+        "http://127.0.0.1:9",
+        "--state-dir",
+        str(state_dir),
+        env=agent_env(),
+    )
+    assert res.returncode == 1
+    assert "cannot download" in res.stderr and "offline?" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_unknown_model_name(state_dir):
+    with pytest.raises(models.ModelError, match="unknown model 'nope'"):
+        models.resolve("nope", state_dir)
+    with pytest.raises(models.ModelError, match="agent models fetch yolox-nano"):
+        models.resolve("yolox-nano", state_dir)
