@@ -7,6 +7,7 @@ spool commits what was accepted before the process exits.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import signal
 import threading
@@ -37,7 +38,18 @@ class AgentError(Exception):
 
 
 class Stage(Protocol):
+    """A lifecycle object: started once, stopped once, in reverse order of starting.
+
+    Stages may also offer `name: str` (their key in `Running.extras`) and `status() -> dict`
+    (merged into status and telemetry reports).
+    """
+
     def stop(self) -> None: ...
+
+
+# Optional stages. Each module has `build(agent, running) -> stage | None` (None: not configured
+# here); the agent starts them in this order once the core pipeline is built, and stops them first.
+STAGE_BUILDERS: tuple[str, ...] = ()
 
 
 @dataclass
@@ -208,9 +220,23 @@ class Agent:
             raise AgentError(str(exc)) from None
         stages.append(capture)
         self.running = Running(spool, capture, detector, pipeline, factory, self.clock, state_dir, stages)
+        try:
+            self._start_optional_stages(self.running)
+        except Exception:
+            self._stop_stages(stages)
+            raise
         for hook in self._on_started:
             hook(self.running)
         return self.running
+
+    def _start_optional_stages(self, running: Running) -> None:
+        for module_name in STAGE_BUILDERS:
+            stage = importlib.import_module(module_name).build(self, running)
+            if stage is None:
+                continue
+            stage.start()
+            running.stages.append(stage)
+            running.extras[getattr(stage, "name", module_name.rsplit(".", 1)[-1])] = stage
 
     def on_started(self, hook: Callable[[Running], None]) -> None:
         self._on_started.append(hook)

@@ -1,7 +1,8 @@
 """The configuration schema: one pydantic model per stage, all strict about unknown keys.
 
 Every field carries a description because `agent check-config` and the privacy report quote them.
-Validators are pure functions of the value; nothing here opens a file or a device.
+Validators are pure functions of the value; nothing here opens a file or a device. Tables that
+belong to one stage may live in their own module under agent/config/ and are attached to `Config`.
 """
 
 from __future__ import annotations
@@ -9,15 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from agent.config.base import Section
 
 NODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
-
-
-class Section(BaseModel):
-    """Base for every config table: unknown keys are errors, assignments are re-validated."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class StaticLocation(Section):
