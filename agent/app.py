@@ -49,7 +49,20 @@ class Stage(Protocol):
 
 # Optional stages. Each module has `build(agent, running) -> stage | None` (None: not configured
 # here); the agent starts them in this order once the core pipeline is built, and stops them first.
-STAGE_BUILDERS: tuple[str, ...] = ()
+STAGE_BUILDERS: tuple[str, ...] = (
+    "agent.privacy.stage",  # first: masks and redaction must apply before anything else runs
+    "agent.rules.stage",
+    "agent.tamper",
+    "agent.modem.stage",
+    "agent.uplink.stage",
+    "agent.health.stage",  # after uplink (retained status) and tamper; before control and web, which use it
+    "agent.control.stage",
+    "agent.web.stage",
+)
+
+# `restart` command (agent.control): the agent stops cleanly and exits with this code; systemd's
+# Restart=always starts it again (EX_TEMPFAIL, so a log reader sees it was asked for).
+EXIT_RESTART = 75
 
 
 @dataclass
@@ -61,6 +74,8 @@ class RunOptions:
     print_events: bool = True
     max_frames: int | None = None
     install_signal_handlers: bool = True
+    config_path: Path | None = None  # the file the config came from (control plane: persist live changes)
+    config_origins: dict[tuple[str, ...], str] = field(default_factory=dict)  # key -> file:line / env / flag
 
 
 @dataclass
@@ -125,6 +140,7 @@ class Agent:
         self.stop_event = threading.Event()
         self.running: Running | None = None
         self.notifier = Notifier()
+        self.exit_code = 0  # EXIT_RESTART when the control plane asked for a restart
         self._on_started: list[Callable[[Running], None]] = []
 
     # -- building ---------------------------------------------------------------------------------
@@ -173,26 +189,28 @@ class Agent:
         stages: list[Stage] = []
         spool = self._spool(state_dir).start()
         stages.append(spool)
-        if spool.recovered_from is not None:
-            log.error("the spool was corrupt and was moved aside to %s", spool.recovered_from)
         if self.options.print_events or self.options.events_out:
             spool.add_listener(JsonLinesOutput(path=self.options.events_out))
-        spool.add_listener(ThumbnailFiles(state_dir / "thumbs"))
+        thumb_files = ThumbnailFiles(
+            state_dir / "thumbs",
+            max_files=cfg.privacy.local_thumbnails,
+            ttl_s=cfg.spool.ttl_thumb_days * 86400.0,
+            uptime=spool.uptime,
+            clock_trusted=lambda: self.clock.state().trusted,
+        ).start()  # expires local thumbnails past their TTL even when never sent
+        stages.append(thumb_files)
+        spool.add_listener(thumb_files)
         if not cfg.uplink.broker:
             # No broker: the local outputs above are the delivery, so records are acknowledged once written.
             spool.add_listener(lambda records: spool.ack(r.rowid for r in records))
         factory = EventFactory(
             cfg.node.id, self.clock, lambda: self.running.detector.info() if self.running else {}
         )
-        if cfg.node.location is not None:
-            static = {
-                "lat": cfg.node.location.lat,
-                "lon": cfg.node.location.lon,
-                "mode": "static",
-                "hdop": None,
-                "age_s": None,
-            }
-            factory.add_context(lambda: {"location": static})
+        if spool.recovered_from is not None:
+            # consumers will see seq jump (or restart); this event tells them why
+            body = factory.base("spool_recovered", None, priority="critical")
+            body["reason"] = f"spool was unreadable and was moved aside to {spool.recovered_from.name}"
+            EventEmitter(spool).emit(body)
         pipeline = Pipeline(
             detector=detector,
             gate=MotionGate(cfg.motion),
@@ -260,7 +278,7 @@ class Agent:
         finally:
             self.notifier.stopping()
             self.stop()
-        return 0
+        return self.exit_code
 
     def stop(self) -> None:
         self.stop_event.set()

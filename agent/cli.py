@@ -16,14 +16,21 @@ from pathlib import Path
 from typing import Any
 
 import agent
-from agent.config import ConfigError, load_config
+from agent.config import ConfigError
 
 log = logging.getLogger("agent")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 # Subcommand modules; each has register(subparsers) that sets `func` on its parser.
-COMMAND_MODULES = ("agent.commands.config", "agent.commands.models")
+COMMAND_MODULES = (
+    "agent.commands.config",
+    "agent.commands.models",
+    "agent.commands.spool",
+    "agent.commands.modem",
+    "agent.commands.gps",
+    "agent.commands.privacy",
+)
 
 
 def setup_logging(verbose: int, level: str = "info") -> None:
@@ -72,6 +79,11 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="pace files and the synthetic scene at their fps (--no-realtime: as fast as possible)",
     )
     p.add_argument("--no-motion-gate", action="store_true", help="run the detector on every frame")
+    p.add_argument("--broker", metavar="URL", help="publish to this MQTT broker: mqtt://host:port or mqtts://host:port")
+    p.add_argument("--link-profile", metavar="NAME|FILE",
+                   help="simulate a link between agent and broker: good, flaky, brownout, lte-cell-edge or a TOML file")
+    p.add_argument("--http", metavar="[ADDR:]PORT",
+                   help="serve the status page here (default 127.0.0.1; port 0: any free port; off: none)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="debug logging and tracebacks")
 
 
@@ -82,6 +94,9 @@ FLAG_PATHS = {
     "node_id": ("node.id", "--node-id"),
     "state_dir": ("node.state_dir", "--state-dir"),
     "realtime": ("capture.realtime", "--realtime"),
+    "broker": ("uplink.broker", "--broker"),
+    "link_profile": ("uplink.link_profile", "--link-profile"),
+    "http": ("http.listen", "--http"),
 }
 
 
@@ -113,13 +128,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         and not args.config
     ):
         overrides.setdefault("capture.source", "auto")
-    loaded = load_config(args.config, overrides=overrides, override_origins=origins)
+    from agent.control.persist import load_with_overlay  # + live changes kept by the control plane
+
+    loaded = load_with_overlay(args.config, overrides, origins)
     setup_logging(args.verbose, loaded.config.log.level)
     options = RunOptions(
         simulate=args.simulate,
         events_out=args.events_out,
         max_frames=args.max_frames,
         print_events=args.simulate or args.events_out is not None or loaded.config.events.stdout,
+        config_path=args.config,
+        config_origins=loaded.origins,
     )
     try:
         return Agent(loaded.config, options).run()

@@ -17,7 +17,8 @@ from agent.capture.base import Frame, SourceError
 from agent.capture.stage import CaptureStage
 from agent.config.schema import EventsConfig
 from agent.detect import Detection, Detector
-from agent.events import EventEmitter, EventFactory, make_thumbnail, normalise
+from agent.events import EventEmitter, EventFactory, normalise
+from agent.events.thumbs import CropThumbnailer, Thumbnailer
 from agent.motion import MotionGate
 from agent.track import Tracker, TrackEvent
 
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 FrameObserver = Callable[[Frame, list[Detection], Tracker], None]
 FrameFilter = Callable[[Frame], Frame]
+DetectionFilter = Callable[[Frame, list[Detection]], list[Detection]]
 TrackEventHandler = Callable[[Frame, list[TrackEvent], Tracker], None]
 
 
@@ -65,9 +67,23 @@ class Pipeline:
         self.events_cfg = events_cfg
         self.stats = PipelineStats()
         self.filters: list[FrameFilter] = []  # applied before analysis (privacy masks)
+        self.detection_filters: list[DetectionFilter] = []  # before tracking (drop masked objects)
         self.observers: list[FrameObserver] = []  # see every analysed frame (preview, health)
         self.track_handlers: list[TrackEventHandler] = []  # rules engine and friends
+        # Makes every event thumbnail; the privacy stage swaps in one that redacts (agent.privacy).
+        self.thumbnailer: Thumbnailer = CropThumbnailer(
+            max_side=events_cfg.thumb_max_side, quality=events_cfg.thumb_quality, margin=events_cfg.thumb_margin
+        )
         self._lock = threading.Lock()  # detector swaps and live config changes
+        # Analysis rate cap set live by the control plane (capture.fps); live and paced sources only.
+        self.max_fps: float | None = None
+        self.rate_skipped = 0
+        self._last_analysed_mono: float | None = None
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Held while a frame is analysed: hold it to change detector or gate settings between frames."""
+        return self._lock
 
     def swap_detector(self, detector: Detector) -> Detector:
         with self._lock:
@@ -85,6 +101,8 @@ class Pipeline:
             detections: list[Detection] = []
             if run:
                 detections = self.detector.detect(frame.image)
+                for keep in self.detection_filters:
+                    detections = keep(frame, detections)
                 self.stats.detections += len(detections)
                 transitions = self.tracker.update(detections, frame.t)
             else:
@@ -111,15 +129,21 @@ class Pipeline:
         thumb = None
         if event.kind == "object_appeared" and self.events_cfg.thumbnails:
             h, w = frame.image.shape[:2]
-            thumb = make_thumbnail(
-                frame.crop_source,
-                tuple(normalise(event.track.box, w, h)),
-                max_side=self.events_cfg.thumb_max_side,
-                quality=self.events_cfg.thumb_quality,
-                margin=self.events_cfg.thumb_margin,
-            )
+            objects = [(tr.label, tuple(normalise(tr.box, w, h))) for tr in self.tracker.tracks]
+            thumb = self.thumbnailer(frame, tuple(normalise(event.track.box, w, h)), objects)
         if self.emitter.emit(body, thumb):
             self.stats.events += 1
+
+    def _over_rate(self, frame: Frame, capture: CaptureStage) -> bool:
+        """Skip frames that come faster than `max_fps` (never for as-fast-as-possible playback)."""
+        if not self.max_fps or capture.slot.block_when_full:
+            return False
+        last = self._last_analysed_mono
+        if last is not None and frame.mono - last < 0.9 / self.max_fps:  # 10 % slack for jitter
+            self.rate_skipped += 1
+            return True
+        self._last_analysed_mono = frame.mono
+        return False
 
     def run(
         self,
@@ -144,6 +168,8 @@ class Pipeline:
                         log.error("source failed: %s", capture.slot.error)
                     self.finish(last)
                     break
+                continue
+            if self._over_rate(frame, capture):
                 continue
             self.process(frame)
             last = frame

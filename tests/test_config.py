@@ -102,3 +102,12 @@ def test_check_config_print_shows_effective_values(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "fps = 4" in res.stdout
     assert "enabled = false" in res.stdout
+
+
+def test_secrets_are_never_echoed(tmp_path):
+    path = write(tmp_path, '[modem]\npin = "12x4"\n[uplink]\npassword = 5\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    text = str(err.value)
+    assert "modem.pin = '(hidden)'" in text and "12x4" not in text
+    assert "uplink.password = '(hidden)'" in text

@@ -187,6 +187,10 @@ def _origin_for(loc: tuple[Any, ...], origins: Mapping[tuple[Any, ...], str]) ->
     return "default"
 
 
+# Values never echoed in errors or logs: a technician's screen or a CI log must not show them.
+SECRET_PATHS = {("modem", "pin"), ("uplink", "password"), ("http", "token")}
+
+
 def explain(
     exc: ValidationError, data: Mapping[str, Any], origins: Mapping[tuple[Any, ...], str]
 ) -> ConfigError:
@@ -194,6 +198,8 @@ def explain(
     for error in exc.errors():
         loc = tuple(error["loc"])
         reason = error["msg"]
+        if loc[:2] in SECRET_PATHS:
+            error = {**error, "input": "(hidden)"}
         if error["type"] == "extra_forbidden":
             reason = "unknown setting (check the spelling; see `agent check-config --help`)"
         issues.append(

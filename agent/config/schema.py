@@ -13,6 +13,10 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from agent.config.base import Section
+from agent.config.control import ControlConfig, HealthConfig, HttpConfig, TelemetryConfig
+from agent.config.modem import GnssConfig, ModemConfig
+from agent.config.privacy import PrivacyConfig
+from agent.config.rules import RulesConfig, TamperConfig
 
 NODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
@@ -151,9 +155,6 @@ class TlsConfig(Section):
     )
     cert_file: Path | None = Field(default=None, description="This node's client certificate (mutual TLS).")
     key_file: Path | None = Field(default=None, description="This node's private key (keep it 0600).")
-    server_name: str | None = Field(
-        default=None, description="Expected name in the broker certificate, if not the host in the URL."
-    )
 
 
 class UplinkConfig(Section):
@@ -251,6 +252,15 @@ class Config(Section):
     uplink: UplinkConfig = Field(default_factory=UplinkConfig)
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    modem: ModemConfig = Field(default_factory=ModemConfig)
+    gnss: GnssConfig = Field(default_factory=GnssConfig)
+    rules: RulesConfig = Field(default_factory=RulesConfig)
+    tamper: TamperConfig = Field(default_factory=TamperConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
 
     @model_validator(mode="after")
     def _reconnect_order(self) -> Config:

@@ -1,12 +1,25 @@
-"""Small JPEG crops of detected objects: the only image data that leaves the node for an event."""
+"""Small JPEG crops of detected objects: the only image data that leaves the node for an event.
+
+Every thumbnail is made by a *thumbnailer*. The pipeline's default one only crops and encodes; the
+privacy stage (agent.privacy) replaces it with one that applies privacy masks and face redaction
+and says so in `Thumbnail.redaction`, which travels in the event as `thumb.redaction`.
+"""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    from agent.capture.base import Frame
+
+NormBox = tuple[float, float, float, float]  # x1, y1, x2, y2 in 0..1
+LabelledBox = tuple[str, NormBox]
 
 
 @dataclass(frozen=True)
@@ -14,13 +27,25 @@ class Thumbnail:
     jpeg: bytes
     width: int
     height: int
+    redaction: tuple[str, ...] = ()  # what was applied before encoding: masks, faces, pixelated
 
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.jpeg).hexdigest()
 
     def meta(self) -> dict[str, object]:
-        return {"sha256": self.sha256, "bytes": len(self.jpeg), "size": [self.width, self.height]}
+        return {
+            "sha256": self.sha256,
+            "bytes": len(self.jpeg),
+            "size": [self.width, self.height],
+            "redaction": list(self.redaction),
+        }
+
+
+class Thumbnailer(Protocol):
+    def __call__(self, frame: Frame, box: NormBox, objects: Sequence[LabelledBox]) -> Thumbnail | None:
+        """A thumbnail of `box` in `frame`; `objects` are every tracked object of the frame (label, box),
+        so redaction can treat people who happen to be in the crop as well."""
 
 
 def crop_box(
@@ -38,22 +63,32 @@ def crop_box(
     )
 
 
-def encode(image: np.ndarray, *, max_side: int, quality: int) -> Thumbnail | None:
-    """Scale `image` so its longest side is at most `max_side` and JPEG-encode it."""
+def scale_to(image: np.ndarray, max_side: int) -> np.ndarray:
+    """Shrink `image` so its longest side is at most `max_side` (never enlarges)."""
     h, w = image.shape[:2]
-    if h < 2 or w < 2:
-        return None
     scale = min(1.0, max_side / max(h, w))
-    if scale < 1.0:
-        image = cv2.resize(
-            image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
-        )
+    if scale >= 1.0:
+        return image
+    return cv2.resize(
+        image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
+    )
+
+
+def jpeg(image: np.ndarray, quality: int, redaction: Sequence[str] = ()) -> Thumbnail | None:
     ok, buf = cv2.imencode(
         ".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality), cv2.IMWRITE_JPEG_OPTIMIZE, 1]
     )
     if not ok:
         return None
-    return Thumbnail(buf.tobytes(), image.shape[1], image.shape[0])
+    return Thumbnail(buf.tobytes(), image.shape[1], image.shape[0], tuple(redaction))
+
+
+def encode(image: np.ndarray, *, max_side: int, quality: int) -> Thumbnail | None:
+    """Scale `image` so its longest side is at most `max_side` and JPEG-encode it."""
+    h, w = image.shape[:2]
+    if h < 2 or w < 2:
+        return None
+    return jpeg(scale_to(image, max_side), quality)
 
 
 def make_thumbnail(
@@ -64,7 +99,20 @@ def make_thumbnail(
     quality: int = 80,
     margin: float = 0.15,
 ) -> Thumbnail | None:
+    """Crop and encode without any redaction (the privacy stage's thumbnailer is what the agent uses)."""
     x1, y1, x2, y2 = crop_box(frame_image.shape, box_norm, margin)
     if x2 - x1 < 2 or y2 - y1 < 2:
         return None
     return encode(frame_image[y1:y2, x1:x2], max_side=max_side, quality=quality)
+
+
+class CropThumbnailer:
+    """The pipeline's default thumbnailer: crop and encode, no redaction (tests and bare pipelines)."""
+
+    def __init__(self, *, max_side: int = 320, quality: int = 80, margin: float = 0.15) -> None:
+        self.max_side, self.quality, self.margin = max_side, quality, margin
+
+    def __call__(self, frame: Frame, box: NormBox, objects: Sequence[LabelledBox]) -> Thumbnail | None:
+        return make_thumbnail(
+            frame.crop_source, box, max_side=self.max_side, quality=self.quality, margin=self.margin
+        )

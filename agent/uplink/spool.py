@@ -16,6 +16,7 @@ expires everything nor keeps records forever.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import logging
@@ -35,7 +36,19 @@ from agent.ids import new_id
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-RECORD_OVERHEAD = 160  # bytes of SQLite row and index overhead counted per record
+ROW_OVERHEAD = 96  # SQLite cell, rowid and index entry per record, measured
+PAGE_SIZE = 4096
+
+
+def disk_cost(size: int, page_size: int = PAGE_SIZE) -> int:
+    """Bytes a record of `size` payload bytes occupies in the database file.
+
+    Small rows share pages; a payload larger than about a quarter page spills into overflow pages
+    that are never shared, so a 6 kB thumbnail costs two whole pages, not 6 kB.
+    """
+    if size + ROW_OVERHEAD <= page_size // 4:
+        return size + ROW_OVERHEAD
+    return -(-(size + ROW_OVERHEAD) // (page_size - 4)) * page_size
 
 
 class Priority(IntEnum):
@@ -114,7 +127,7 @@ CREATE TABLE IF NOT EXISTS counters (stream TEXT PRIMARY KEY, seq INTEGER NOT NU
 CREATE TABLE IF NOT EXISTS drops (priority INTEGER NOT NULL, reason TEXT NOT NULL, count INTEGER NOT NULL,
                                   bytes INTEGER NOT NULL, PRIMARY KEY (priority, reason));
 CREATE TABLE IF NOT EXISTS records (
-    rowid INTEGER PRIMARY KEY,
+    rowid INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: in-flight and acked ids stay unambiguous
     id TEXT NOT NULL,
     stream TEXT NOT NULL,
     seq INTEGER,
@@ -122,6 +135,7 @@ CREATE TABLE IF NOT EXISTS records (
     topic TEXT NOT NULL,
     payload BLOB NOT NULL,
     size INTEGER NOT NULL,
+    cost INTEGER NOT NULL,
     retain INTEGER NOT NULL,
     accepted_uptime REAL NOT NULL,
     accepted_wall REAL NOT NULL,
@@ -140,19 +154,29 @@ class Spool:
         *,
         limits: SpoolLimits | None = None,
         clock_trusted: Callable[[], bool] = lambda: False,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
         self.limits = limits or SpoolLimits()
         self._clock_trusted = clock_trusted
+        self._mono = monotonic  # injectable so tests can jump clocks
+        self._wall = wall
         self._db: sqlite3.Connection | None = None
         self._lock = threading.RLock()  # guards the connection
         self._cond = threading.Condition()  # guards the pending queues below
         self._pending: list[list[Outgoing]] = []
         self._pending_bytes = 0
-        self._acks: set[int] = set()
+        self._acks: set[int] = set()  # acknowledged, deleted at the next commit
+        self._acks_unmarked: list[int] = []  # acknowledged, not yet in the in-memory temp.skip table
+        self._drops_pending: set[tuple[int, str]] = set()
+        self._mark_uptimes: list[float] = []  # per commit: accepted_uptime and first rowid
+        self._mark_rowids: list[int] = []
+        self._next_rowid_hint = 1 << 62  # no commit yet in this run: everything stored is backlog
         self._urgent = False
-        self._flush_waiters = 0
-        self._generation = 0  # increments after each commit; flush() waits on it
+        self._generation = 0  # increments after each commit pass
+        self._offered = 0  # groups queued by accept()
+        self._settled = 0  # groups committed or shed; flush() waits for it to catch up
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._listeners: list[Callable[[list[Record]], None]] = []
@@ -163,6 +187,7 @@ class Spool:
         self._bytes_by: dict[Priority, int] = dict.fromkeys(Priority, 0)
         self._drops_unsaved: dict[tuple[Priority, str], list[int]] = {}
         self.recovered_from: Path | None = None
+        self._housekeeping_runs = 0
         self.bytes_written = 0  # payload bytes committed this run (SD wear accounting)
         self.commits = 0
 
@@ -205,9 +230,16 @@ class Spool:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
-        db.execute(f"PRAGMA journal_size_limit={max(64 * 1024, min(8 << 20, self.limits.budget_bytes // 8))}")
-        db.execute("PRAGMA wal_autocheckpoint=256")
+        db.execute("PRAGMA temp_store=MEMORY")
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS skip (rowid INTEGER PRIMARY KEY)")
+        db.execute(f"PRAGMA journal_size_limit={self._batch_limit}")
+        db.execute(f"PRAGMA wal_autocheckpoint={max(16, self._batch_limit // PAGE_SIZE)}")
         return db
+
+    @property
+    def _batch_limit(self) -> int:
+        """Most bytes written in one transaction: bounds the WAL, which counts against the budget."""
+        return max(32 * 1024, min(16 << 20, self.limits.budget_bytes // 32))
 
     def _open_checked(self) -> sqlite3.Connection:
         fresh = not self.path.exists() or self.path.stat().st_size == 0
@@ -215,6 +247,7 @@ class Spool:
             db = self._connect()
             if fresh:
                 db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                db.execute(f"PRAGMA page_size={PAGE_SIZE}")
             db.executescript(_DDL)
             if not fresh:
                 (result,) = db.execute("PRAGMA quick_check").fetchone()
@@ -228,7 +261,7 @@ class Spool:
                         f"spool schema {version[0]} is newer than this agent ({SCHEMA_VERSION})"
                     )
             db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('created_wall', ?)", (str(time.time()),))
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('created_wall', ?)", (str(self._wall()),))
             return db
         except sqlite3.DatabaseError as exc:
             raise SpoolCorrupt(str(exc)) from None
@@ -273,24 +306,24 @@ class Spool:
         assert self._db is not None
         row = self._db.execute("SELECT value FROM meta WHERE key='uptime'").fetchone()
         self._uptime_base = float(row[0]) if row else 0.0
-        self._opened_mono = time.monotonic()
+        self._opened_mono = self._mono()
         self._recount()
 
     def _recount(self) -> None:
         assert self._db is not None
         self._counts = dict.fromkeys(Priority, 0)
         self._bytes_by = dict.fromkeys(Priority, 0)
-        for prio, count, size in self._db.execute(
-            "SELECT priority, COUNT(*), COALESCE(SUM(size), 0) FROM records GROUP BY priority"
+        for prio, count, cost in self._db.execute(
+            "SELECT priority, COUNT(*), COALESCE(SUM(cost), 0) FROM records GROUP BY priority"
         ):
             self._counts[Priority(prio)] = count
-            self._bytes_by[Priority(prio)] = size + RECORD_OVERHEAD * count
+            self._bytes_by[Priority(prio)] = cost
         self._bytes = sum(self._bytes_by.values())
 
     # -- time -----------------------------------------------------------------------------------
     def uptime(self) -> float:
         """Seconds the spool has been open, summed over all runs (a monotonic clock that survives reboots)."""
-        return self._uptime_base + (time.monotonic() - self._opened_mono)
+        return self._uptime_base + (self._mono() - self._opened_mono)
 
     def _save_uptime(self) -> None:
         assert self._db is not None
@@ -304,8 +337,10 @@ class Spool:
     def accept(self, group: Iterable[Outgoing]) -> bool:
         """Queue a group of records for the next commit; never blocks on the disk.
 
-        Returns False (and counts a drop) when the in-memory queue is full because the disk stopped
-        keeping up; the lowest-priority queued records are shed first.
+        The first record of a group is its primary (an event); the others ride along (its
+        thumbnail). When the in-memory queue is full because the disk stopped keeping up, the
+        lowest-priority queued records are shed first (a thumbnail before its event). Returns False,
+        counting the drop, when the primary record itself cannot be queued.
         """
         group = list(group)
         if not group:
@@ -316,49 +351,74 @@ class Spool:
             log.warning("record of %d bytes refused (max %d)", size, self.limits.max_record_bytes)
             return False
         with self._cond:
-            while self._pending_bytes + size > self.limits.max_pending_bytes and self._shed_pending(
-                group[0].priority
-            ):
-                pass
-            if self._pending_bytes + size > self.limits.max_pending_bytes:
-                self._count_drop(group[0].priority, "queue_full", size)
-                return False
             self._pending.append(group)
             self._pending_bytes += size
+            self._offered += 1
+            while self._pending_bytes > self.limits.max_pending_bytes:
+                if not self._shed_one():
+                    break
+            if not self._pending or self._pending[-1] is not group:
+                return False  # the new group itself was the least important thing queued
             if any(o.priority == Priority.CRITICAL for o in group):
                 self._urgent = True
             self._cond.notify_all()
         return True
 
-    def _shed_pending(self, incoming: Priority) -> bool:
-        worst = max(range(len(self._pending)), key=lambda i: (self._pending[i][0].priority, -i), default=None)
-        if worst is None or self._pending[worst][0].priority <= incoming:
+    def _shed_one(self) -> bool:
+        """Drop the least important queued record (newest first among equals); False if nothing can go."""
+        worst: tuple[int, int, int] | None = None  # (priority, group index, item index)
+        for gi, group in enumerate(self._pending):
+            for ii, item in enumerate(group):
+                key = (int(item.priority), gi, ii)
+                if worst is None or key > worst:
+                    worst = key
+        if worst is None:
             return False
-        group = self._pending.pop(worst)
-        dropped = sum(o.approx_size for o in group)
-        self._pending_bytes -= dropped
-        self._count_drop(group[0].priority, "queue_full", dropped)
+        _, gi, ii = worst
+        group = self._pending[gi]
+        removed = group[ii:] if ii > 0 else group  # a primary takes its companions with it
+        for item in removed:
+            self._pending_bytes -= item.approx_size
+            self._count_drop(item.priority, "queue_full", item.approx_size)
+        if ii > 0:
+            del group[ii:]
+        else:
+            del self._pending[gi]
+            self._settled += 1
         return True
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Commit everything queued so far; True when done within `timeout`."""
+        """Commit everything queued so far (and pending acks); True when done within `timeout`."""
         with self._cond:
-            target = self._generation + 1
+            target = self._offered
+            generation = self._generation + 1
             self._urgent = True
-            self._flush_waiters += 1
             self._cond.notify_all()
-            try:
-                return self._cond.wait_for(
-                    lambda: self._generation >= target or self._thread is None, timeout
-                )
-            finally:
-                self._flush_waiters -= 1
+            return self._cond.wait_for(
+                lambda: (self._settled >= target and self._generation >= generation) or self._thread is None,
+                timeout,
+            )
+
+    def wait_drained(self, timeout: float) -> bool:
+        """Wait until nothing is queued, spooled or awaiting deletion (everything was delivered)."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: not self._pending and not self._acks and not any(self._counts.values()), timeout
+            )
 
     # -- publisher side ---------------------------------------------------------------------------
     def ack(self, rowids: Iterable[int]) -> None:
         """The broker acknowledged these records: delete them at the next commit."""
         with self._cond:
+            rowids = list(rowids)
             self._acks.update(rowids)
+            self._acks_unmarked.extend(rowids)
+            self._cond.notify_all()
+
+    def drop(self, rowid: int, reason: str) -> None:
+        """Remove a record that can never be delivered (e.g. the broker refuses it), counting the drop."""
+        with self._cond:
+            self._drops_pending.add((rowid, reason))
             self._cond.notify_all()
 
     def next_records(
@@ -372,66 +432,88 @@ class Spool:
     ) -> list[Record]:
         """Up to `limit` records to publish next, highest priority first.
 
-        Within a priority class, records accepted since `live_since` (spool uptime; the current
-        connection) go before the backlog, but every 1/backlog_share-th record is taken from the
-        backlog so it keeps draining.
+        Within a priority class, records accepted since `live_since` (spool uptime) go before the
+        backlog, but every 1/backlog_share-th record is taken from the backlog so it keeps draining.
+        Records in `exclude` (in flight) or already acknowledged are skipped.
         """
         if self._db is None or limit <= 0:
             return []
-        excluded = set(exclude) | set(self._acks)
+        with self._cond:
+            skip = set(exclude) | {rowid for rowid, _ in self._drops_pending}
+        boundary = self._rowid_since(live_since) if live_since is not None else None
         chosen: list[Record] = []
         with self._lock:
+            # taken under _lock: a commit deleting these rows (and freeing their rowids for reuse by new
+            # records) cannot slip between taking them and hiding them
+            with self._cond:
+                unmarked, self._acks_unmarked = self._acks_unmarked, []
+            if unmarked:  # acknowledged rows stay hidden until the commit that deletes them
+                self._db.executemany("INSERT OR IGNORE INTO temp.skip VALUES (?)", [(r,) for r in unmarked])
             for prio in Priority:
                 if prio > max_priority or len(chosen) >= limit:
                     break
-                need = limit - len(chosen)
-                fetch = need + len(excluded)
-                if live_since is None:
-                    rows = self._select(prio, None, None, fetch)
-                    chosen.extend(r for r in rows if r.rowid not in excluded)
-                    del chosen[limit:]
+                if self._counts[prio] == 0:
                     continue
-                live = [r for r in self._select(prio, live_since, None, fetch) if r.rowid not in excluded]
-                back = [r for r in self._select(prio, None, live_since, fetch) if r.rowid not in excluded]
+                need = limit - len(chosen)
+                if boundary is None:
+                    chosen += self._select(prio, 0, None, skip, need)
+                    continue
+                live = self._select(prio, boundary, None, skip, need)
+                back = self._select(prio, 0, boundary, skip, need)
                 every = max(1, round(1 / backlog_share)) if backlog_share > 0 else 0
+                picked = 0
                 while (live or back) and len(chosen) < limit:
-                    take_backlog = not live or (back and every and (len(chosen) + 1) % every == 0)
+                    picked += 1
+                    take_backlog = not live or (back and every and picked % every == 0)
                     chosen.append(back.pop(0) if take_backlog else live.pop(0))
         return chosen[:limit]
 
-    def _select(self, prio: Priority, after: float | None, before: float | None, limit: int) -> list[Record]:
+    def _rowid_since(self, uptime: float) -> int:
+        """The first rowid accepted at or after `uptime` (spool uptime), from the commit marks kept in
+        memory; records older than this run's first commit all count as backlog."""
+        with self._cond:
+            index = bisect.bisect_left(self._mark_uptimes, uptime)
+            if index < len(self._mark_rowids):
+                return self._mark_rowids[index]
+            return self._next_rowid_hint
+
+    def _select(self, prio: Priority, lo: int, hi: int | None, skip: set[int], limit: int) -> list[Record]:
         assert self._db is not None
         sql = (
             "SELECT rowid, id, stream, seq, priority, topic, payload, retain, accepted_uptime FROM records "
-            "WHERE priority=?"
+            "WHERE priority=? AND rowid >= ? AND rowid NOT IN (SELECT rowid FROM temp.skip)"
         )
-        args: list[Any] = [int(prio)]
-        if after is not None:
-            sql += " AND accepted_uptime >= ?"
-            args.append(after)
-        if before is not None:
-            sql += " AND accepted_uptime < ?"
-            args.append(before)
+        args: list[Any] = [int(prio), lo]
+        if hi is not None:
+            sql += " AND rowid < ?"
+            args.append(hi)
+        fetch = limit
+        if skip and len(skip) <= 900:
+            sql += f" AND rowid NOT IN ({','.join('?' * len(skip))})"
+            args.extend(skip)
+        elif skip:
+            fetch += len(skip)
         sql += " ORDER BY rowid LIMIT ?"
-        args.append(limit)
-        return [
+        args.append(fetch)
+        rows = [
             Record(r[0], r[1], r[2], r[3], Priority(r[4]), r[5], bytes(r[6]), bool(r[7]), r[8])
             for r in self._db.execute(sql, args)
         ]
+        return [r for r in rows if r.rowid not in skip][:limit]
 
     # -- committer ------------------------------------------------------------------------------
     def _run(self) -> None:
         last_housekeeping = 0.0
         while True:
             with self._cond:
-                if not self._stop.is_set() and not self._urgent:
-                    self._cond.wait(self.limits.commit_interval_s)
+                self._wait_for_work()
                 groups, self._pending, self._pending_bytes = self._pending, [], 0
                 acks, self._acks = self._acks, set()
+                drops, self._drops_pending = self._drops_pending, set()
                 self._urgent = False
                 stopping = self._stop.is_set()
             try:
-                records = self._commit(groups, acks)
+                records = self._commit(groups, acks, drops)
                 now = time.monotonic()
                 if now - last_housekeeping > 30.0 or stopping:
                     self._housekeeping()
@@ -442,10 +524,13 @@ class Spool:
                     self._pending[:0] = groups
                     self._pending_bytes += sum(o.approx_size for g in groups for o in g)
                     self._acks |= acks
+                    self._drops_pending |= drops
                 if not stopping:
                     self._stop.wait(1.0)
-                records = []
+                records = None
             with self._cond:
+                if records is not None:
+                    self._settled += len(groups)
                 self._generation += 1
                 self._cond.notify_all()
             for listener in self._listeners:
@@ -456,15 +541,56 @@ class Spool:
                     log.exception("spool listener %r failed", listener)
             if stopping:
                 with self._cond:
-                    if not self._pending and not self._acks:
+                    if not self._pending and not self._acks and not self._drops_pending:
                         return
 
-    def _commit(self, groups: list[list[Outgoing]], acks: set[int]) -> list[Record]:
-        if not groups and not acks:
-            return []
+    def _wait_for_work(self) -> None:
+        """Group commits: once something is queued, wait out the commit interval (critical records and
+        flush() cut it short); when idle, wake every second for housekeeping."""
+        first_seen: float | None = None
+        while not self._stop.is_set() and not self._urgent:
+            busy = bool(self._pending or self._acks or self._drops_pending)
+            now = time.monotonic()
+            if not busy:
+                if first_seen is None and not self._cond.wait(1.0):
+                    return
+                first_seen = None
+                continue
+            first_seen = first_seen if first_seen is not None else now
+            remaining = first_seen + self.limits.commit_interval_s - now
+            if remaining <= 0:
+                return
+            self._cond.wait(remaining)
+
+    def _commit(
+        self, groups: list[list[Outgoing]], acks: set[int], drops: set[tuple[int, str]]
+    ) -> list[Record]:
+        """Write queued groups in transactions of at most `_batch_limit` bytes (the WAL stays small)."""
+        committed: list[Record] = []
+        chunk: list[list[Outgoing]] = []
+        chunk_bytes = 0
+        chunks: list[list[list[Outgoing]]] = []
+        for group in groups:
+            size = sum(disk_cost(o.approx_size) for o in group)
+            if chunk and chunk_bytes + size > self._batch_limit:
+                chunks.append(chunk)
+                chunk, chunk_bytes = [], 0
+            chunk.append(group)
+            chunk_bytes += size
+        if chunk or acks or drops:
+            chunks.append(chunk)
+        for index, part in enumerate(chunks):
+            committed += self._commit_chunk(
+                part, acks if index == 0 else set(), drops if index == 0 else set()
+            )
+        return committed
+
+    def _commit_chunk(
+        self, groups: list[list[Outgoing]], acks: set[int], drops: set[tuple[int, str]]
+    ) -> list[Record]:
         committed: list[Record] = []
         uptime = self.uptime()
-        wall = time.time()
+        wall = self._wall()
         trusted = bool(self._clock_trusted())
         with self._lock:
             db = self._db
@@ -473,59 +599,18 @@ class Spool:
             try:
                 if acks:
                     self._delete_rows(sorted(acks), reason=None)
+                    db.executemany("DELETE FROM temp.skip WHERE rowid=?", [(r,) for r in acks])
+                    with self._cond:  # deleted rowids are reused by new records: never hide them later
+                        self._acks_unmarked = [r for r in self._acks_unmarked if r not in acks]
+                for rowid, reason in drops:
+                    self._delete_rows([rowid], reason=reason)
                 for group in groups:
                     group_id = new_id()
                     for index, item in enumerate(group):
-                        record_id = group_id if index == 0 or isinstance(item.body, bytes) else new_id()
-                        seq = None
-                        body = None
-                        if isinstance(item.body, bytes):
-                            payload = item.body
-                        else:
-                            body = dict(item.body)
-                            body["id"] = record_id
-                            if item.sequenced:
-                                seq = self._next_seq(item.stream)
-                                body["seq"] = seq
-                            payload = _encode(body)
-                        topic = item.topic.replace("{id}", group_id)
-                        cur = db.execute(
-                            "INSERT INTO records (id, stream, seq, priority, topic, payload, size, retain, "
-                            "accepted_uptime, accepted_wall, wall_trusted) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                            (
-                                record_id,
-                                item.stream,
-                                seq,
-                                int(item.priority),
-                                topic,
-                                payload,
-                                len(payload),
-                                int(item.retain),
-                                uptime,
-                                wall,
-                                int(trusted),
-                            ),
-                        )
-                        rowid = int(cur.lastrowid or 0)
-                        prio = item.priority
-                        self._counts[prio] += 1
-                        self._bytes_by[prio] += len(payload) + RECORD_OVERHEAD
-                        self._bytes += len(payload) + RECORD_OVERHEAD
-                        self.bytes_written += len(payload)
-                        committed.append(
-                            Record(
-                                rowid,
-                                record_id,
-                                item.stream,
-                                seq,
-                                prio,
-                                topic,
-                                payload,
-                                item.retain,
-                                uptime,
-                                body,
-                            )
-                        )
+                        committed.append(self._insert(item, group_id, index, uptime, wall, trusted))
+                if committed:
+                    self._mark(uptime, committed[0].rowid, committed[-1].rowid + 1)
+                # insert first, then evict in EVICTION_ORDER: a new thumbnail never displaces a critical record
                 evicted = self._enforce_budget() if committed else set()
                 self._save_drops()
                 self._save_uptime()
@@ -537,6 +622,68 @@ class Spool:
                 raise
         # a record evicted in its own commit (the spool is full of higher priorities) was never accepted
         return [r for r in committed if r.rowid not in evicted]
+
+    def _insert(
+        self, item: Outgoing, group_id: str, index: int, uptime: float, wall: float, trusted: bool
+    ) -> Record:
+        assert self._db is not None
+        record_id = group_id if index == 0 or isinstance(item.body, bytes) else new_id()
+        seq = None
+        body = None
+        if isinstance(item.body, bytes):
+            payload = item.body
+        else:
+            body = dict(item.body)
+            body["id"] = record_id
+            if item.sequenced:
+                seq = self._next_seq(item.stream)
+                body["seq"] = seq
+            payload = _encode(body)
+        topic = item.topic.replace("{id}", group_id)
+        cost = disk_cost(len(payload))
+        cur = self._db.execute(
+            "INSERT INTO records (id, stream, seq, priority, topic, payload, size, cost, retain, "
+            "accepted_uptime, accepted_wall, wall_trusted) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                record_id,
+                item.stream,
+                seq,
+                int(item.priority),
+                topic,
+                payload,
+                len(payload),
+                cost,
+                int(item.retain),
+                uptime,
+                wall,
+                int(trusted),
+            ),
+        )
+        self._counts[item.priority] += 1
+        self._bytes_by[item.priority] += cost
+        self._bytes += cost
+        self.bytes_written += len(payload)
+        return Record(
+            int(cur.lastrowid or 0),
+            record_id,
+            item.stream,
+            seq,
+            item.priority,
+            topic,
+            payload,
+            item.retain,
+            uptime,
+            body,
+        )
+
+    def _mark(self, uptime: float, first_rowid: int, next_rowid: int) -> None:
+        with self._cond:
+            self._mark_uptimes.append(uptime)
+            self._mark_rowids.append(first_rowid)
+            self._next_rowid_hint = next_rowid
+            if len(self._mark_uptimes) > 200_000:  # keep memory bounded; older records are backlog anyway
+                del self._mark_uptimes[:100_000]
+                del self._mark_rowids[:100_000]
 
     def _next_seq(self, stream: str) -> int:
         assert self._db is not None
@@ -552,16 +699,16 @@ class Spool:
             chunk = rowids[start : start + 500]
             marks = ",".join("?" * len(chunk))
             rows = self._db.execute(
-                f"SELECT priority, COUNT(*), SUM(size) FROM records WHERE rowid IN ({marks}) GROUP BY priority",
+                f"SELECT priority, COUNT(*), SUM(size), SUM(cost) FROM records WHERE rowid IN ({marks}) "
+                "GROUP BY priority",
                 chunk,
             ).fetchall()
             self._db.execute(f"DELETE FROM records WHERE rowid IN ({marks})", chunk)
-            for prio, count, size in rows:
+            for prio, count, size, cost in rows:
                 p = Priority(prio)
                 self._counts[p] -= count
-                freed = size + RECORD_OVERHEAD * count
-                self._bytes_by[p] -= freed
-                self._bytes -= freed
+                self._bytes_by[p] -= cost
+                self._bytes -= cost
                 if reason is not None:
                     self._count_drop(p, reason, size, count)
 
@@ -586,16 +733,27 @@ class Spool:
 
     # -- bounds ---------------------------------------------------------------------------------
     def _allowed_bytes(self) -> int:
-        """Logical bytes we may hold: the budget minus SQLite's own overhead, capped by free space."""
-        allowed = int(self.limits.budget_bytes * 0.75)
+        """Bytes of records (by disk_cost) we may hold.
+
+        The budget covers the database file, its WAL and the shared-memory file. New records
+        reuse pages freed by old ones, so the file stops growing once it holds the allowed records,
+        the b-tree pages around them (measured) and one transaction's worth of freed pages; the WAL
+        holds at most one transaction (`_batch_limit` of records plus the pages its evictions
+        touch). The free-space floor counts freed pages inside the file as available.
+        """
+        assert self._db is not None
+        wal = 3 * self._batch_limit + 32 * 1024  # WAL during a transaction, plus the -shm file
         try:
+            (free_pages,) = self._db.execute("PRAGMA freelist_count").fetchone()
+            free_bytes = free_pages * PAGE_SIZE
+            structure = max(0, os.stat(self.path).st_size - free_bytes - self._bytes)
+            allowed = int(self.limits.budget_bytes * 0.93) - wal - structure - self._batch_limit
             st = os.statvfs(self.path.parent)
-            free = st.f_bavail * st.f_frsize
-            headroom = free - self.limits.free_floor_bytes
-            allowed = min(allowed, self._bytes + headroom)
-        except OSError:
-            pass
-        return allowed
+            fs_room = st.f_bavail * st.f_frsize - self.limits.free_floor_bytes
+            allowed = min(allowed, self._bytes + free_bytes + fs_room - wal)
+        except (OSError, sqlite3.Error):
+            allowed = int(self.limits.budget_bytes * 0.7)
+        return max(0, allowed)
 
     def _enforce_budget(self) -> set[int]:
         """Evict in EVICTION_ORDER, oldest first, until within bounds; returns the evicted rowids."""
@@ -605,20 +763,25 @@ class Spool:
             while self._bytes > allowed and self._counts[prio] > 0:
                 assert self._db is not None
                 rows = self._db.execute(
-                    "SELECT rowid, size FROM records WHERE priority=? ORDER BY rowid LIMIT 256", (int(prio),)
+                    "SELECT rowid, cost FROM records WHERE priority=? ORDER BY rowid LIMIT 256", (int(prio),)
                 ).fetchall()
                 if not rows:
                     break
                 victims = []
                 excess = self._bytes - allowed
-                for rowid, size in rows:
+                for rowid, cost in rows:
                     if excess <= 0:
                         break
                     victims.append(rowid)
-                    excess -= size + RECORD_OVERHEAD
+                    excess -= cost
                 self._delete_rows(victims, reason="budget")
                 evicted.update(victims)
         return evicted
+
+    def expire_now(self) -> None:
+        """Run TTL expiry immediately (it otherwise runs every 30 s on the committer thread)."""
+        self.flush()
+        self._housekeeping()
 
     def _housekeeping(self) -> None:
         """Expire records past their TTL and give freed pages back to the filesystem."""
@@ -626,7 +789,7 @@ class Spool:
             if self._db is None:
                 return
             now_uptime = self.uptime()
-            now_wall = time.time()
+            now_wall = self._wall()
             trusted_now = bool(self._clock_trusted())
             expired: list[int] = []
             for prio, ttl in self.limits.ttl_s.items():
@@ -640,10 +803,13 @@ class Spool:
                         (int(prio), now_uptime - ttl, wall_cut),
                     )
                 )
-            if expired or self._drops_unsaved:
+            self._housekeeping_runs += 1
+            # keep the persisted uptime fresh even when idle, but write at most every ~5 minutes
+            if expired or self._drops_unsaved or self._housekeeping_runs % 10 == 0:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._delete_rows(expired, reason="ttl")
                 self._save_drops()
+                self._save_uptime()
                 self._db.execute("COMMIT")
             if self.disk_bytes() > self.limits.budget_bytes * 0.9:
                 self._db.execute("PRAGMA incremental_vacuum")
@@ -666,41 +832,68 @@ class Spool:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             assert self._db is not None
-            per = {}
-            now = self.uptime()
-            for prio in Priority:
-                row = self._db.execute(
-                    "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(accepted_uptime), MIN(accepted_wall) "
-                    "FROM records WHERE priority=?",
-                    (int(prio),),
-                ).fetchone()
-                drops = {
-                    reason: {"count": c, "bytes": b}
-                    for reason, c, b in self._db.execute(
-                        "SELECT reason, count, bytes FROM drops WHERE priority=?", (int(prio),)
-                    )
-                }
-                for (p, reason), (c, b) in list(self._drops_unsaved.items()):
-                    if p == prio:
-                        cur = drops.setdefault(reason, {"count": 0, "bytes": 0})
-                        cur["count"] += c
-                        cur["bytes"] += b
-                per[prio.label] = {
-                    "depth": row[0],
-                    "bytes": row[1],
-                    "oldest_age_s": round(now - row[2], 1) if row[2] is not None else None,
-                    "oldest_accepted_wall": row[3],
-                    "drops": drops,
-                }
-            counters = dict(self._db.execute("SELECT stream, seq FROM counters"))
-        return {
-            "path": str(self.path),
-            "depth": sum(v["depth"] for v in per.values()),
-            "bytes": self._bytes,
-            "disk_bytes": self.disk_bytes(),
-            "budget_bytes": self.limits.budget_bytes,
-            "classes": per,
-            "seq": counters,
-            "uptime_s": round(now, 1),
-            "recovered_from": str(self.recovered_from) if self.recovered_from else None,
+            with self._cond:
+                unsaved = dict(self._drops_unsaved)
+            stats = _stats(self._db, self.uptime(), unsaved)
+        stats.update(
+            path=str(self.path),
+            bytes=self._bytes,
+            disk_bytes=self.disk_bytes(),
+            budget_bytes=self.limits.budget_bytes,
+            recovered_from=str(self.recovered_from) if self.recovered_from else None,
+        )
+        return stats
+
+    @staticmethod
+    def read_stats(path: Path) -> dict[str, Any]:
+        """Stats of a spool file another process may be using (read-only; for `agent spool stats`)."""
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key='uptime'").fetchone()
+            stats = _stats(db, float(row[0]) if row else 0.0, {})
+            (size,) = db.execute("SELECT COALESCE(SUM(cost), 0) FROM records").fetchone()
+        finally:
+            db.close()
+        disk = sum(
+            os.stat(str(path) + sfx).st_size
+            for sfx in ("", "-wal", "-shm")
+            if os.path.exists(str(path) + sfx)
+        )
+        stats.update(path=str(path), bytes=int(size), disk_bytes=disk)
+        return stats
+
+
+def _stats(
+    db: sqlite3.Connection, now: float, unsaved: dict[tuple[Priority, str], list[int]]
+) -> dict[str, Any]:
+    per = {}
+    for prio in Priority:
+        row = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(accepted_uptime), MIN(accepted_wall) "
+            "FROM records WHERE priority=?",
+            (int(prio),),
+        ).fetchone()
+        drops = {
+            reason: {"count": c, "bytes": b}
+            for reason, c, b in db.execute(
+                "SELECT reason, count, bytes FROM drops WHERE priority=?", (int(prio),)
+            )
         }
+        for (p, reason), (c, b) in unsaved.items():
+            if p == prio:
+                cur = drops.setdefault(reason, {"count": 0, "bytes": 0})
+                cur["count"] += c
+                cur["bytes"] += b
+        per[prio.label] = {
+            "depth": row[0],
+            "bytes": row[1],
+            "oldest_age_s": round(max(0.0, now - row[2]), 1) if row[2] is not None else None,
+            "oldest_accepted_wall": row[3],
+            "drops": drops,
+        }
+    return {
+        "depth": sum(v["depth"] for v in per.values()),
+        "classes": per,
+        "seq": dict(db.execute("SELECT stream, seq FROM counters")),
+        "uptime_s": round(now, 1),
+    }

@@ -1,0 +1,150 @@
+"""Config of the control plane (`[control]`), telemetry (`[telemetry]`), camera health (`[health]`) and
+the local status page (`[http]`).
+
+The status page is bound to the loopback interface unless configured otherwise; anything reachable
+from another machine needs a token, because the page shows the camera's view.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+
+from agent.config.base import Section
+
+LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost"})
+
+
+def parse_listen(text: str) -> tuple[str, int] | None:
+    """`[ADDR:]PORT` → (host, port); "" or "off" → None. Raises ValueError with a readable reason."""
+    text = text.strip()
+    if text in ("", "off"):
+        return None
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host, port_text = "", text
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not [ADDR:]PORT (e.g. 8080, 127.0.0.1:8080, 0.0.0.0:8080)") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range 0..65535")
+    return host, port
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: assume it is reachable from elsewhere
+
+
+class HttpConfig(Section):
+    listen: str = Field(
+        default="",
+        description="Status page address [ADDR:]PORT (port 0: any free port). Empty: off, except "
+        "`agent --simulate`, which serves it on a free loopback port; off: never. An address other than "
+        "loopback needs `token`.",
+    )
+    token: str | None = Field(
+        default=None,
+        min_length=16,
+        description="Access token for the page and every endpoint (header `Authorization: Bearer …`, "
+        "`?token=…` once, then a cookie). Required when `listen` is not a loopback address.",
+    )
+    token_file: Path | None = Field(default=None, description="File holding the token (instead of `token`).")
+    preview_fps: float = Field(
+        default=4.0, gt=0, le=15, description="Most preview images encoded per second (only while watched)."
+    )
+    preview_width: int = Field(default=640, ge=160, le=1920, description="Width of the preview image, px.")
+    preview_quality: int = Field(default=70, ge=20, le=95, description="JPEG quality of the preview.")
+    preview_faces: bool = Field(
+        default=True,
+        description="Redact faces in the preview too (masks always are). false saves CPU on a Pi when only "
+        "trusted people can reach the page.",
+    )
+    recent_events: int = Field(default=12, ge=1, le=100, description="Events listed on the page.")
+    max_clients: int = Field(
+        default=16, ge=1, le=64, description="Concurrent HTTP connections served; more get 503."
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _token_when_exposed(self) -> HttpConfig:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("http.token and http.token_file are alternatives; set one")
+        address = parse_listen(self.listen)
+        if address is not None and not is_loopback(address[0]) and self.token is None and self.token_file is None:
+            raise ValueError(
+                f"http.listen = {self.listen!r} is reachable from other machines: set http.token "
+                "(16+ characters) or http.token_file"
+            )
+        return self
+
+
+class TelemetryConfig(Section):
+    enabled: bool = Field(default=True, description="Publish telemetry on {prefix}/{node}/telemetry.")
+    interval_s: float = Field(
+        default=60.0,
+        ge=5,
+        le=86400,
+        description="Seconds between telemetry records (lowest spool priority: first to go when full).",
+    )
+
+
+class HealthConfig(Section):
+    frozen_after_s: float = Field(
+        default=20.0,
+        ge=2,
+        le=3600,
+        description="Identical frames for this long (stream time) mean a frozen camera: camera_lost.",
+    )
+    stalled_after_s: float = Field(
+        default=15.0,
+        ge=2,
+        le=3600,
+        description="A live source that delivers no frame for this long is lost (a hung driver or stream).",
+    )
+
+
+class ControlConfig(Section):
+    enabled: bool = Field(
+        default=True, description="Accept commands on {prefix}/{node}/cmd/# (needs uplink.broker)."
+    )
+    max_payload_bytes: int = Field(
+        default=65536, ge=1024, le=1048576, description="Larger command payloads are refused."
+    )
+    queue: int = Field(default=8, ge=1, le=256, description="Commands waiting to run; more are refused (busy).")
+    max_age_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="A request whose `ts` is older than this is stale and refused (only judged while the "
+        "node's clock is trusted).",
+    )
+    remember_ids: int = Field(
+        default=512, ge=16, le=100000, description="Request ids remembered (across restarts) to refuse replays."
+    )
+    model_probation_frames: int = Field(
+        default=30,
+        ge=1,
+        le=10000,
+        description="model/update: detector runs the new model must survive, and produce something in when "
+        "the old one did, before it is kept.",
+    )
+    model_probation_timeout_s: float = Field(
+        default=300.0, gt=0, description="model/update: the longest wait for those detector runs."
+    )
+    snapshot_max_side: int = Field(
+        default=1280, ge=160, le=4096, description="Longest side of a snapshot image, px."
+    )
+    snapshot_quality: int = Field(default=80, ge=20, le=95, description="JPEG quality of snapshots.")

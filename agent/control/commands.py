@@ -1,0 +1,157 @@
+"""The commands: their arguments (strict pydantic models: unknown or mistyped fields are refused) and
+what each one does. The dispatcher (agent.control.stage) validates, runs and replies.
+
+A command returns (message, data) for an immediate "ok", raises CommandError for an "error", or
+returns None when it replies later by itself (model/update, restart).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field, model_validator
+
+import agent as agent_pkg
+from agent.control.protocol import CommandError, Strict
+
+if TYPE_CHECKING:
+    from agent.control.stage import ControlStage
+
+log = logging.getLogger(__name__)
+
+Result = tuple[str, dict[str, Any]] | None
+ReplyFn = Callable[[bool, str, dict[str, Any] | None], None]
+
+
+@dataclass(frozen=True)
+class Context:
+    request_id: str | None
+    command: str
+    actor: str
+    reply: ReplyFn  # for commands that answer later
+
+
+class NoArgs(Strict):
+    pass
+
+
+class SnapshotArgs(Strict):
+    reason: str = Field(default="operator request", min_length=1, max_length=200)
+
+
+class ConfigGetArgs(Strict):
+    keys: list[str] | None = Field(default=None, max_length=64, description="Dotted keys; default: all.")
+
+
+class ConfigSetArgs(Strict):
+    values: dict[str, Any] = Field(min_length=1, description="Dotted key -> new value.")
+
+
+class ModelUpdateArgs(Strict):
+    url: str | None = Field(default=None, max_length=2048)
+    path: str | None = Field(default=None, max_length=1024)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    card: dict[str, Any] | None = None
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelUpdateArgs:
+        if (self.url is None) == (self.path is None):
+            raise ValueError("give exactly one of url or path")
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError("url must be http:// or https://")
+        return self
+
+
+class RestartArgs(Strict):
+    reason: str = Field(default="operator request", min_length=1, max_length=200)
+
+
+@dataclass(frozen=True)
+class Command:
+    args: type[Strict]
+    run: Callable[[ControlStage, Context, Any], Result]
+    summary: str
+
+
+def ping(stage: ControlStage, ctx: Context, args: NoArgs) -> Result:
+    uptime = time.monotonic() - stage.health.collector.started_mono
+    return "pong", {"agent": agent_pkg.__version__, "node": stage.agent.config.node.id, "uptime_s": round(uptime, 1)}
+
+
+def status(stage: ControlStage, ctx: Context, args: NoArgs) -> Result:
+    return "status", stage.health.collector.full()
+
+
+def snapshot(stage: ControlStage, ctx: Context, args: SnapshotArgs) -> Result:
+    data = stage.snapshots.take(actor=ctx.actor, reason=args.reason, request_id=ctx.request_id)
+    return "snapshot sent as a `snapshot` event; its image follows on thumbs/{event id}", data
+
+
+def config_get(stage: ControlStage, ctx: Context, args: ConfigGetArgs) -> Result:
+    return "config", stage.live.get(args.keys)
+
+
+def config_set(stage: ControlStage, ctx: Context, args: ConfigSetArgs) -> Result:
+    data = stage.live.set(args.values, ctx.actor)
+    if not data["changed"]:
+        return "no change", data
+    where = data["persisted_to"]
+    return f"applied live and saved to {where}: {', '.join(data['changed'])}", data
+
+
+def model_update(stage: ControlStage, ctx: Context, args: ModelUpdateArgs) -> Result:
+    stage.models.start(args, ctx.actor, ctx.reply)
+    return None
+
+
+def modem_reset(stage: ControlStage, ctx: Context, args: NoArgs) -> Result:
+    modem = stage.running.extras.get("modem")
+    supervisor = getattr(modem, "supervisor", None)
+    if modem is None or supervisor is None:
+        raise CommandError("no modem is managed on this node (modem.port is not set); nothing to reset")
+    stage.health.privacy.audit.record("modem.reset", ctx.actor, {})
+    how = reset_modem(modem, supervisor)
+    return f"modem reset: {how}; the supervisor re-registers (watch `status`)", {"modem": supervisor.status()}
+
+
+def reset_modem(modem: Any, supervisor: Any) -> str:
+    """Reset through the modem stage's public API when it has one; otherwise run the supervisor's own
+    `reset` recovery step (the AT engine serialises it with the supervisor's polling)."""
+    for target in (modem, supervisor):
+        for name in ("request_reset", "reset"):
+            method = getattr(target, name, None)
+            if callable(method):
+                method()
+                return f"{type(target).__name__}.{name}()"
+    if getattr(supervisor, "_at", None) is None:
+        raise CommandError(
+            f"the modem is not reachable ({supervisor.status().get('state')}); the supervisor keeps retrying"
+        )
+    if supervisor.config.mode != "managed":
+        raise CommandError("modem.mode is monitor: the agent does not write to the modem")
+    supervisor._run_step("reset")  # issue 4 offers no public reset yet (adapter)
+    supervisor.wake()
+    return "AT reset sent (full modem reboot)"
+
+
+def restart(stage: ControlStage, ctx: Context, args: RestartArgs) -> Result:
+    stage.health.privacy.audit.record("agent.restart", ctx.actor, {"reason": args.reason})
+    stage.request_restart(ctx, args.reason)
+    return None
+
+
+COMMANDS: dict[str, Command] = {
+    "ping": Command(NoArgs, ping, "answers pong"),
+    "status": Command(NoArgs, status, "the node's full state"),
+    "snapshot": Command(SnapshotArgs, snapshot, "one redacted, audited frame"),
+    "config/get": Command(ConfigGetArgs, config_get, "the effective configuration"),
+    "config/set": Command(ConfigSetArgs, config_set, "change tunable settings live, persisted"),
+    "model/update": Command(ModelUpdateArgs, model_update, "fetch, verify and swap the detector model"),
+    "modem/reset": Command(NoArgs, modem_reset, "reboot the LTE modem"),
+    "restart": Command(RestartArgs, restart, "exit cleanly for systemd to restart the agent"),
+}

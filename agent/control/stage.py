@@ -1,0 +1,249 @@
+"""The control plane: commands over MQTT, served one at a time on the `control` thread.
+
+Requests arrive on ``{prefix}/{node}/cmd/{name}`` through the publisher's subscription, on the
+uplink thread, which must never wait: the handler only checks the size and hands the raw payload to
+a bounded queue (full: an immediate "busy" error). The `control` thread parses, validates, runs and
+replies. Replies go out like everything else, through the spool, at Priority.CRITICAL: they are few
+and small (one per request, requests are bounded by the queue), an operator is waiting for them,
+and a reply queued during an outage must not be evicted or wait behind a thumbnail backlog; they
+survive restarts and arrive (marked `historical`) once the link is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from agent.control.commands import COMMANDS, Context, ReplyFn
+from agent.control.live import LiveConfig
+from agent.control.model_update import ModelUpdater
+from agent.control.persist import ConfigStore
+from agent.control.protocol import (
+    CommandError,
+    SeenIds,
+    check_fresh,
+    describe_validation,
+    parse_request,
+    reply,
+    salvage_id,
+)
+from agent.control.snapshot import Snapshotter
+from agent.events.record import normalise
+from agent.events.thumbs import LabelledBox
+from agent.uplink.spool import Outgoing, Priority
+
+if TYPE_CHECKING:
+    from agent.app import Agent, Running
+    from agent.health.stage import HealthStage
+    from agent.rules import SnapshotRequest
+
+log = logging.getLogger(__name__)
+
+REPLY_STREAM = "cmd_result"
+RESTART_GRACE_S = 3.0  # time given to the restart reply to reach the broker before exiting
+
+
+@dataclass
+class Job:
+    command: str
+    payload: bytes
+    received_mono: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class RuleSnapshot:
+    request: SnapshotRequest
+    objects: list[LabelledBox]
+
+
+class ControlStage:
+    name = "control"
+
+    def __init__(self, agent: Agent, running: Running, health: HealthStage, publisher: Any) -> None:
+        self.agent = agent
+        self.running = running
+        self.health = health
+        self.publisher = publisher
+        cfg = agent.config.control
+        self.queue: queue.Queue[Job | RuleSnapshot] = queue.Queue(maxsize=cfg.queue)
+        self.store = ConfigStore(agent.options.config_path, running.state_dir)
+        self.live = LiveConfig(agent, running, self.store, lambda: health.privacy.audit)
+        self.models = ModelUpdater(agent, running, health.tap, self.store, lambda: health.privacy.audit)
+        self.snapshots = Snapshotter(agent, running, health)
+        self.seen = SeenIds(running.state_dir / "control" / "request-ids.json", cfg.remember_ids)
+        self.counts = {"received": 0, "ok": 0, "error": 0, "busy": 0, "oversized": 0, "rule_snapshots": 0}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> ControlStage:
+        self._thread = threading.Thread(target=self._run, name="control", daemon=True)
+        self._thread.start()
+        live = sorted(".".join(k) for k, o in self.agent.options.config_origins.items() if o.startswith("overlay "))
+        if live:
+            log.info("live changes kept in %s are in effect: %s", self.store.overlay, ", ".join(live))
+        if self.publisher is not None:
+            self.publisher.subscribe("cmd/#", self.on_message)
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        self.models.stop(timeout)
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    # -- intake (uplink thread: never block) ----------------------------------------------------------
+    def on_message(self, suffix: str, payload: bytes) -> None:
+        command = suffix.removeprefix("cmd/")
+        self.counts["received"] += 1
+        limit = self.agent.config.control.max_payload_bytes
+        if len(payload) > limit:
+            self.counts["oversized"] += 1
+            message = f"payload of {len(payload)} bytes refused (control.max_payload_bytes = {limit})"
+            self._send(None, command, False, message)
+            return
+        try:
+            self.queue.put_nowait(Job(command, payload))
+        except queue.Full:
+            self.counts["busy"] += 1
+            message = f"busy: {self.queue.qsize()} commands are waiting; retry later"
+            self._send(salvage_id(payload), command, False, message)
+
+    def on_rule_snapshot(self, request: SnapshotRequest) -> None:
+        """RuleEngine.on_snapshot (analysis thread): serve it on the control thread."""
+        h, w = request.frame.image.shape[:2]
+        objects: list[LabelledBox] = []
+        for track in self.running.pipeline.tracker.tracks:
+            x1, y1, x2, y2 = normalise(track.box, w, h)
+            objects.append((track.label, (x1, y1, x2, y2)))
+        try:
+            self.queue.put_nowait(RuleSnapshot(request, objects))
+        except queue.Full:
+            log.warning("rule %s asked for a snapshot while the control queue is full; skipped", request.rule)
+
+    # -- the control thread -----------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                job = self.queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                if isinstance(job, RuleSnapshot):
+                    self._rule_snapshot(job)
+                else:
+                    self.handle(job)
+            except Exception:  # the agent never crashes on a command
+                log.exception("control: unexpected failure")
+
+    def handle(self, job: Job) -> None:
+        request_id: str | None = None
+        try:
+            envelope = parse_request(job.payload)
+            request_id = envelope.id
+            command = COMMANDS.get(job.command)
+            if command is None:
+                raise CommandError(f"unknown command {job.command!r} (known: {', '.join(COMMANDS)})")
+            clock = self.running.clock.state()
+            check_fresh(envelope.ts, clock_trusted=clock.trusted, max_age_s=self.agent.config.control.max_age_s,
+                        now=time.time())
+            first = self.seen.claim(envelope.id, job.command)
+            if first is not None:
+                raise CommandError(f"duplicate request id {envelope.id!r} (already used for {first}); nothing done")
+            try:
+                args = command.args.model_validate(envelope.args)
+            except ValidationError as exc:
+                raise CommandError(f"bad args: {describe_validation(exc, 'args.')}") from None
+            actor = f"mqtt:cmd/{job.command} id={envelope.id}" + (f" by {envelope.actor}" if envelope.actor else "")
+            ctx = Context(envelope.id, job.command, actor, self._replier(envelope.id, job.command))
+            result = command.run(self, ctx, args)
+        except CommandError as exc:
+            self._send(request_id if request_id is not None else salvage_id(job.payload), job.command, False,
+                       str(exc), exc.data or None)
+            return
+        except Exception as exc:
+            log.exception("command %s failed", job.command)
+            self._send(request_id, job.command, False, f"internal error ({type(exc).__name__}: {exc})")
+            return
+        if result is not None:
+            message, data = result
+            self._send(request_id, job.command, True, message, data)
+
+    def _replier(self, request_id: str, command: str) -> ReplyFn:
+        def send(ok: bool, message: str, data: dict[str, Any] | None) -> None:
+            self._send(request_id, command, ok, message, data)
+
+        return send
+
+    def _send(
+        self, request_id: str | None, command: str, ok: bool, message: str, data: dict[str, Any] | None = None
+    ) -> bool:
+        self.counts["ok" if ok else "error"] += 1
+        if not ok:
+            log.warning("cmd/%s %s: %s", command, request_id, message)
+        body = reply(request_id, command, ok, message, data, node=self.agent.config.node.id)
+        # bytes, not a dict: the spool would otherwise replace `id` with its own record id
+        record = Outgoing(REPLY_STREAM, Priority.CRITICAL, REPLY_STREAM, body, sequenced=False)
+        accepted = self.running.spool.accept([record])
+        if not accepted:
+            log.error("cmd/%s %s: the reply could not be queued", command, request_id)
+        return accepted
+
+    def _rule_snapshot(self, job: RuleSnapshot) -> None:
+        self.counts["rule_snapshots"] += 1
+        request = job.request
+        try:
+            self.snapshots.take(
+                actor=f"rule:{request.rule}",
+                reason=f"rule {request.rule}: {request.event_type}" + (f" in {request.zone}" if request.zone else ""),
+                frame=request.frame,
+                objects=job.objects,
+                audit_request=False,  # the rules engine recorded the request
+            )
+        except CommandError as exc:
+            log.warning("snapshot for rule %s not sent: %s", request.rule, exc)
+
+    # -- restart --------------------------------------------------------------------------------------
+    def request_restart(self, ctx: Context, reason: str) -> None:
+        from agent.app import EXIT_RESTART
+
+        ctx.reply(True, f"restarting ({reason}): the agent exits with code {EXIT_RESTART}; systemd starts it again",
+                  {"exit_code": EXIT_RESTART})
+        self.running.spool.flush(RESTART_GRACE_S)
+        self.running.spool.wait_drained(RESTART_GRACE_S)  # the reply reaches the broker, unless the link is down
+        log.warning("restart requested by %s (%s); exiting with code %d", ctx.actor, reason, EXIT_RESTART)
+        self.agent.exit_code = EXIT_RESTART
+        self.agent.stop_event.set()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "commands": dict(self.counts),
+            "queued": self.queue.qsize(),
+            "model_update": {"busy": self.models.busy, "last": self.models.last},
+            "snapshots": {"sent": self.snapshots.sent, "refused": self.snapshots.refused},
+            "persist_to": str(self.store.target),
+        }
+
+
+def build(agent: Agent, running: Running) -> ControlStage | None:
+    """Built when control is enabled: it listens for commands when there is a broker, and serves the
+    snapshots rules ask for either way."""
+    if not agent.config.control.enabled:
+        return None
+    publisher = getattr(running.extras.get("uplink"), "publisher", None)
+    health = running.extras.get("health")
+    if health is None:
+        return None
+    stage = ControlStage(agent, running, health, publisher)
+    rules = running.extras.get("rules")
+    engine = getattr(rules, "engine", None)
+    if engine is not None and getattr(engine, "on_snapshot", "absent") is None:
+        engine.on_snapshot = stage.on_rule_snapshot
+    return stage

@@ -1,0 +1,137 @@
+"""The health stage: camera health, the frame tap, the status collector and periodic telemetry.
+
+One `health` thread wakes about once a second to look for a stalled camera and, every
+`telemetry.interval_s`, offers a compact telemetry record to the spool at the lowest priority
+(Priority.TELEMETRY: evicted first when the spool is full, sent last). Telemetry is built from
+the stages' own `status()` methods (agent.health.status), not from their internals.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from agent.health.camera import CameraHealth
+from agent.health.frames import FrameTap
+from agent.health.privacy import PrivacyAccess
+from agent.health.status import StatusCollector, camera_flags
+from agent.health.system import SystemProbe
+from agent.uplink.spool import Outgoing, Priority
+
+if TYPE_CHECKING:
+    from agent.app import Agent, Running
+
+log = logging.getLogger(__name__)
+
+TELEMETRY_STREAM = "telemetry"
+
+
+class HealthStage:
+    name = "health"
+
+    def __init__(self, agent: Agent, running: Running) -> None:
+        self.agent = agent
+        self.running = running
+        pipeline = running.pipeline
+        self.tap = FrameTap(lambda: int(getattr(pipeline.detector, "frames", 0)))
+        self.camera = CameraHealth(
+            agent.config.health, running.capture, pipeline.emitter, running.factory, on_change=self._camera_changed
+        )
+        self.system = SystemProbe(running.state_dir)
+        self.collector = StatusCollector(agent, running, self.system)
+        self.privacy = PrivacyAccess(agent, running)
+        self.telemetry_sent = 0
+        self.telemetry_refused = 0
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> HealthStage:
+        self._thread = threading.Thread(target=self._run, name="health", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self.tap.wake_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        next_telemetry = time.monotonic() + min(10.0, self.agent.config.telemetry.interval_s)
+        while not self._stop.is_set():
+            try:
+                self.camera.check()
+                self.collector.rates.rates()  # keep the fps window filled between reports
+                cfg = self.agent.config.telemetry
+                now = time.monotonic()
+                if cfg.enabled and now >= next_telemetry:
+                    self.publish_telemetry()
+                    next_telemetry = now + cfg.interval_s
+                else:
+                    next_telemetry = min(next_telemetry, now + cfg.interval_s)  # a shorter interval set live
+            except Exception:  # telemetry must never take the agent down
+                log.exception("health check failed")
+            self._wake.wait(1.0)
+            self._wake.clear()
+
+    # -- telemetry --------------------------------------------------------------------------------
+    def publish_telemetry(self) -> dict[str, Any]:
+        body = self.collector.telemetry()
+        if self.running.spool.accept([Outgoing(TELEMETRY_STREAM, Priority.TELEMETRY, "telemetry", body)]):
+            self.telemetry_sent += 1
+        else:
+            self.telemetry_refused += 1
+        return body
+
+    # -- the retained status topic ------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """Added to the retained `status` message: what an operator wants at a glance."""
+        tamper = self.running.extras.get("tamper")
+        stages = {"health": self.status()}
+        if tamper is not None and hasattr(tamper, "status"):
+            stages["tamper"] = tamper.status()
+        info = self.running.detector.info()
+        return {"camera": camera_flags(stages), "model": info.get("name"), "model_sha256": info.get("sha256")}
+
+    def _camera_changed(self) -> None:
+        uplink = self.running.extras.get("uplink")
+        publisher = getattr(uplink, "publisher", None)
+        refresh = getattr(publisher, "refresh_status", None)
+        if refresh is not None:
+            refresh()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "camera": self.camera.status(),
+            "telemetry": {
+                "enabled": self.agent.config.telemetry.enabled,
+                "interval_s": self.agent.config.telemetry.interval_s,
+                "sent": self.telemetry_sent,
+                "refused": self.telemetry_refused,
+            },
+        }
+
+
+def build(agent: Agent, running: Running) -> HealthStage:
+    """Always built: camera health and the frame tap are needed by control and the status page too."""
+    stage = HealthStage(agent, running)
+    running.pipeline.observers.append(stage.tap)
+    running.pipeline.observers.append(stage.camera)
+    previous = running.capture.on_state
+
+    def on_state(state: str, reason: str) -> None:
+        previous(state, reason)
+        stage.camera.on_capture_state(state, reason)
+
+    running.capture.on_state = on_state
+    uplink = running.extras.get("uplink")
+    publisher = getattr(uplink, "publisher", None)
+    if publisher is not None and hasattr(publisher, "status_extra"):
+        publisher.status_extra = stage.summary
+    return stage

@@ -1,0 +1,144 @@
+"""Link measurement and byte budgets: what the uplink achieves, and what it may spend."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+import cv2
+import numpy as np
+
+
+def percentile(values: list[float] | deque[float], q: float) -> float | None:
+    if not values:
+        return None
+    return float(np.percentile(np.fromiter(values, float), q))
+
+
+class LinkMeter:
+    """Achieved uplink (bytes acknowledged per second of busy time) and PUBACK round trips.
+
+    Only time with something in flight counts, so an idle link does not look slow and a
+    brownout shows up within seconds.
+    """
+
+    def __init__(self, window_s: float = 20.0) -> None:
+        self.window_s = window_s
+        self._acks: deque[tuple[float, int]] = deque()  # (monotonic, bytes) within the window
+        self._window_bytes = 0
+        self._busy_since: float | None = None
+        self._busy: deque[tuple[float, float]] = deque()  # closed busy intervals
+        self.rtt_ms: deque[float] = deque(maxlen=512)
+        self.acked_bytes = 0
+        self.acked_records = 0
+        self._lock = threading.Lock()
+
+    def busy(self, inflight: int, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if inflight and self._busy_since is None:
+                self._busy_since = now
+            elif not inflight and self._busy_since is not None:
+                if self._busy and now - self._busy[-1][1] < 0.01:  # merge back-to-back intervals
+                    self._busy[-1] = (self._busy[-1][0], now)
+                else:
+                    self._busy.append((self._busy_since, now))
+                self._busy_since = None
+
+    def acked(self, size: int, rtt_s: float, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._acks.append((now, size))
+            self._window_bytes += size
+            self.rtt_ms.append(rtt_s * 1000.0)
+            self.acked_bytes += size
+            self.acked_records += 1
+
+    def rate_bps(self, now: float | None = None) -> float | None:
+        """Bytes per second over the busy part of the last window; None before any measurement."""
+        now = time.monotonic() if now is None else now
+        start = now - self.window_s
+        with self._lock:
+            while self._acks and self._acks[0][0] < start:
+                self._window_bytes -= self._acks.popleft()[1]
+            while self._busy and self._busy[0][1] < start:
+                self._busy.popleft()
+            if not self._acks:
+                return None
+            busy = sum(min(end, now) - max(begin, start) for begin, end in self._busy)
+            if self._busy_since is not None:
+                busy += now - max(self._busy_since, start)
+            sent = self._window_bytes
+        return sent / max(busy, 0.05)
+
+    def snapshot(self) -> dict[str, float | int | None]:
+        rate = self.rate_bps()
+        p50 = percentile(self.rtt_ms, 50)
+        p95 = percentile(self.rtt_ms, 95)
+        return {
+            "rate_bps": round(rate, 1) if rate is not None else None,
+            "puback_rtt_ms_p50": round(p50, 1) if p50 is not None else None,
+            "puback_rtt_ms_p95": round(p95, 1) if p95 is not None else None,
+            "acked_bytes": self.acked_bytes,
+            "acked_records": self.acked_records,
+        }
+
+
+class ByteBudget:
+    """Configured caps: a token bucket for bytes/s and a rolling 24-hour allowance.
+
+    The day is measured in spool uptime (monotonic across reboots), so a clock jump neither
+    refills nor exhausts it.
+    """
+
+    def __init__(self, per_second: float | None, per_day: int | None, uptime) -> None:
+        self.per_second = per_second
+        self.per_day = per_day
+        self._uptime = uptime
+        self._tokens = per_second * 2 if per_second else 0.0
+        self._stamp = time.monotonic()
+        self._day_start = uptime()
+        self.spent_today = 0
+
+    def _roll_day(self) -> None:
+        if self._uptime() - self._day_start >= 86400:
+            self._day_start = self._uptime()
+            self.spent_today = 0
+
+    def day_fraction(self) -> float:
+        self._roll_day()
+        return self.spent_today / self.per_day if self.per_day else 0.0
+
+    def allows(self, size: int, critical: bool, metadata: bool) -> bool:
+        """Whether a record of `size` bytes may go now (does not spend)."""
+        used = self.day_fraction()
+        if used >= 1.0 and not critical:
+            return False
+        if used >= 0.9 and not (critical or metadata):
+            return False
+        if self.per_second:
+            now = time.monotonic()
+            self._tokens = min(
+                max(self.per_second * 2, size), self._tokens + (now - self._stamp) * self.per_second
+            )
+            self._stamp = now
+            return self._tokens >= size or critical
+        return True
+
+    def spend(self, size: int) -> None:
+        self._roll_day()
+        self.spent_today += size
+        if self.per_second:
+            self._tokens -= size
+
+
+def degrade_jpeg(jpeg: bytes, *, scale: float = 0.5, quality: int = 50) -> bytes | None:
+    """A smaller, lower-quality copy of a thumbnail for a link that cannot carry the original."""
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        return None
+    h, w = image.shape[:2]
+    small = cv2.resize(image, (max(8, int(w * scale)), max(8, int(h * scale))), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return buf.tobytes() if ok and len(buf) < len(jpeg) else None

@@ -1,0 +1,73 @@
+"""Builds the uplink stage: the MQTT publisher, behind a scripted link when simulating one."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from agent.uplink.link import LinkProxy, ProfileError, ProfileRunner, load_profile
+from agent.uplink.mqtt import BrokerUrl, MqttPublisher, UplinkError
+
+if TYPE_CHECKING:
+    from agent.app import Agent, Running
+
+log = logging.getLogger(__name__)
+
+
+class UplinkStage:
+    """The publisher plus, with a link profile, the proxy that plays it; started and stopped together."""
+
+    name = "uplink"
+
+    def __init__(
+        self, publisher: MqttPublisher, proxy: LinkProxy | None = None, runner: ProfileRunner | None = None
+    ) -> None:
+        self.publisher = publisher
+        self.proxy = proxy
+        self.runner = runner
+
+    def start(self) -> UplinkStage:
+        if self.proxy is not None and self.runner is not None:
+            self.runner.start()
+        self.publisher.start()
+        return self
+
+    def stop(self) -> None:
+        self.publisher.stop()
+        if self.runner is not None:
+            self.runner.stop()
+        if self.proxy is not None:
+            self.proxy.stop()
+
+    def status(self) -> dict[str, Any]:
+        status = self.publisher.status()
+        if self.runner is not None:
+            status["link_profile"] = {
+                "name": self.runner.profile.name,
+                "state": self.runner.current.describe(),
+            }
+        return status
+
+
+def build(agent: Agent, running: Running) -> UplinkStage | None:
+    from agent.app import AgentError
+
+    cfg = agent.config.uplink
+    if not cfg.broker:
+        return None
+    try:
+        broker = BrokerUrl.parse(cfg.broker)
+        proxy = runner = None
+        if cfg.link_profile:
+            profile = load_profile(cfg.link_profile)
+            proxy = LinkProxy((broker.host, broker.port)).start()
+            host, port = proxy.address
+            runner = ProfileRunner(proxy, profile)
+            log.info("link profile %s between the agent and %s", profile.name, broker)
+            broker = BrokerUrl(host, port, broker.tls)
+        publisher = MqttPublisher(
+            running.spool, cfg, agent.config.node.id, broker=broker, check_hostname=proxy is None
+        )
+    except (UplinkError, ProfileError) as exc:
+        raise AgentError(str(exc)) from None
+    return UplinkStage(publisher, proxy, runner)

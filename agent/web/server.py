@@ -1,0 +1,264 @@
+"""The status page's HTTP server: stdlib `http.server`, GET only, a bounded number of connections.
+
+Access: bound to loopback by default. With a token configured (required for any other address)
+every request must carry it: `Authorization: Bearer <token>` or `X-Vigil-Token` (scripts,
+Prometheus), or a `vigil_token` cookie. Opening any page once with `?token=<token>` sets that
+cookie (HttpOnly, SameSite=Strict) and redirects to the same page without the token in the address,
+so a technician opens one link on the phone and the page keeps working.
+"""
+
+from __future__ import annotations
+
+import hmac
+import http.server
+import json
+import logging
+import re
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.cookies import CookieError, SimpleCookie
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from agent.web import page
+from agent.web.metrics import CONTENT_TYPE as METRICS_TYPE
+from agent.web.preview import PreviewRenderer
+
+log = logging.getLogger(__name__)
+
+COOKIE = "vigil_token"
+COOKIE_MAX_AGE_S = 7 * 86400
+EVENT_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+LONG_POLL_S = 5.0
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; frame-ancestors 'none'",
+}
+
+
+@dataclass
+class WebApp:
+    """What the handler serves; built by agent.web.stage."""
+
+    token: str | None
+    status: Callable[[], dict[str, Any]]
+    metrics: Callable[[], bytes]
+    preview: PreviewRenderer
+    thumbs: Path
+    stopping: threading.Event
+    unauthorized: int = 0
+    requests: int = 0
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    server: StatusHTTPServer
+    protocol_version = "HTTP/1.1"
+    server_version = "vigil"
+    sys_version = ""
+    timeout = 20.0  # idle keep-alive connections give their slot back
+
+    @property
+    def app(self) -> WebApp:
+        return self.server.app
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("http %s: " + format, self.address_string(), *args)
+
+    # -- access ------------------------------------------------------------------------------------
+    def _presented_tokens(self, query: dict[str, list[str]]) -> tuple[list[str], str | None]:
+        found: list[str] = []
+        auth = self.headers.get("Authorization", "")
+        if auth.lower().startswith("bearer "):
+            found.append(auth[7:].strip())
+        if self.headers.get("X-Vigil-Token"):
+            found.append(self.headers["X-Vigil-Token"].strip())
+        raw_cookie = self.headers.get("Cookie")
+        if raw_cookie:
+            try:
+                jar = SimpleCookie(raw_cookie)
+            except CookieError:
+                jar = SimpleCookie()
+            if COOKIE in jar:
+                found.append(jar[COOKIE].value)
+        from_query = query.get("token", [None])[0]
+        return found, from_query
+
+    def _allowed(self, query: dict[str, list[str]]) -> tuple[bool, bool]:
+        """(allowed, set the cookie now)."""
+        token = self.app.token
+        if token is None:
+            return True, False
+        presented, from_query = self._presented_tokens(query)
+        expected = token.encode()
+        if any(hmac.compare_digest(p.encode(), expected) for p in presented):
+            return True, False
+        if from_query is not None and hmac.compare_digest(from_query.encode(), expected):
+            return True, True
+        return False, False
+
+    # -- plumbing ----------------------------------------------------------------------------------
+    def _headers(self, status: int, content_type: str, length: int | None, extra: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        if length is not None:
+            self.send_header("Content-Length", str(length))
+        self.send_header("Cache-Control", "no-store")
+        for key, value in {**SECURITY_HEADERS, **(extra or {})}.items():
+            self.send_header(key, value)
+        self.end_headers()
+
+    def _send(self, status: int, content_type: str, body: bytes, extra: dict[str, str] | None = None) -> None:
+        self._headers(status, content_type, len(body), extra)
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, data: Any, status: int = 200) -> None:
+        self._send(status, "application/json", json.dumps(data, separators=(",", ":"), default=str).encode())
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_POST(self) -> None:
+        self._send(HTTPStatus.METHOD_NOT_ALLOWED, "text/plain", b"read-only\n", {"Allow": "GET, HEAD"})
+
+    do_PUT = do_DELETE = do_PATCH = do_POST
+
+    def do_GET(self) -> None:
+        self.app.requests += 1
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        allowed, set_cookie = self._allowed(query)
+        if not allowed:
+            self.app.unauthorized += 1
+            self.close_connection = True
+            if url.path in ("/", "/index.html"):
+                self._send(HTTPStatus.UNAUTHORIZED, "text/html; charset=utf-8", page.unauthorized())
+            else:
+                self._json({"error": "token required"}, HTTPStatus.UNAUTHORIZED)
+            return
+        if set_cookie:
+            rest = {k: v for k, v in query.items() if k != "token"}
+            target = url.path + (f"?{urlencode(rest, doseq=True)}" if rest else "")
+            cookie = f"{COOKIE}={self.app.token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={COOKIE_MAX_AGE_S}"
+            self._send(HTTPStatus.SEE_OTHER, "text/plain", b"", {"Location": target, "Set-Cookie": cookie})
+            return
+        try:
+            self._route(url.path, query)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client went away
+
+    def _route(self, path: str, query: dict[str, list[str]]) -> None:
+        if path in page.ASSETS:
+            name, content_type = page.ASSETS[path]
+            self._send(200, content_type, page.asset(name))
+        elif path == "/status.json":
+            self._json(self.app.status())
+        elif path == "/metrics":
+            self._send(200, METRICS_TYPE, self.app.metrics())
+        elif path == "/preview.jpg":
+            self._preview_jpeg(query)
+        elif path == "/preview.mjpeg":
+            self._preview_stream()
+        elif path.startswith("/thumbs/") and path.endswith(".jpg"):
+            self._thumb(path[len("/thumbs/") : -len(".jpg")])
+        elif path == "/favicon.ico":
+            self._send(HTTPStatus.NO_CONTENT, "image/x-icon", b"")
+        else:
+            self._json({"error": "not found"}, HTTPStatus.NOT_FOUND)
+
+    def _preview_jpeg(self, query: dict[str, list[str]]) -> None:
+        try:
+            after = int(query.get("after", ["0"])[0])
+        except ValueError:
+            after = 0
+        image = self.app.preview.get(after, LONG_POLL_S)
+        if image is None:
+            self._send(HTTPStatus.NO_CONTENT, "image/jpeg", b"")
+            return
+        self._send(200, "image/jpeg", image.jpeg, {
+            "X-Frame-Seq": str(image.seq),
+            "X-Frame-Index": str(image.frame_index),
+            "X-Frame-Age": f"{max(0.0, time.monotonic() - image.frame_mono):.2f}",
+        })
+
+    def _preview_stream(self) -> None:
+        """multipart/x-mixed-replace for VLC, ffplay or an <img>: one part per new preview image."""
+        boundary = "vigilframe"
+        self.close_connection = True
+        self._headers(200, f"multipart/x-mixed-replace; boundary={boundary}", None, {"Connection": "close"})
+        if self.command == "HEAD":
+            return
+        seq = 0
+        while not self.app.stopping.is_set():
+            image = self.app.preview.get(seq, LONG_POLL_S)
+            if image is None:
+                continue
+            seq = image.seq
+            head = f"--{boundary}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(image.jpeg)}\r\n\r\n"
+            self.wfile.write(head.encode() + image.jpeg + b"\r\n")
+            self.wfile.flush()
+
+    def _thumb(self, event_id: str) -> None:
+        if not EVENT_ID.match(event_id):
+            self._json({"error": "not found"}, HTTPStatus.NOT_FOUND)
+            return
+        try:
+            data = (self.app.thumbs / f"{event_id}.jpg").read_bytes()
+        except OSError:
+            self._json({"error": "not found"}, HTTPStatus.NOT_FOUND)
+            return
+        self._send(200, "image/jpeg", data, {"Cache-Control": "private, max-age=86400"})
+
+
+class StatusHTTPServer(http.server.ThreadingHTTPServer):
+    """Named, bounded worker threads (a Pi must not grow a thread per stuck phone)."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], app: WebApp, max_clients: int) -> None:
+        self.app = app
+        self._slots = threading.BoundedSemaphore(max_clients)
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.address_family = family
+        super().__init__(address, Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        threading.Thread(
+            target=self._serve_one, args=(request, client_address), name="web-client", daemon=True
+        ).start()
+
+    def _serve_one(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("http: error serving %s", client_address, exc_info=True)
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6:
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)

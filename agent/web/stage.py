@@ -1,0 +1,158 @@
+"""The status page stage: `--http [ADDR:]PORT` or `[http] listen`; `agent --simulate` serves it on a free
+loopback port by default and prints its URL in one log line."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent.config.control import is_loopback, parse_listen
+from agent.events import EVENTS_STREAM
+from agent.health.status import camera_flags
+from agent.uplink.spool import Record
+from agent.web.metrics import MetricsEndpoint
+from agent.web.preview import PreviewRenderer
+from agent.web.server import StatusHTTPServer, WebApp
+
+if TYPE_CHECKING:
+    from agent.app import Agent, Running
+    from agent.health.stage import HealthStage
+
+log = logging.getLogger(__name__)
+
+EVENT_FIELDS = ("id", "seq", "type", "priority", "label", "track", "score", "ts", "zone", "rule", "reason")
+
+
+class RecentEvents:
+    """Spool listener keeping the last few committed events for the page (what was accepted, in order)."""
+
+    def __init__(self, size: int) -> None:
+        self._events: deque[tuple[float, dict[str, Any]]] = deque(maxlen=size)
+        self._lock = threading.Lock()
+
+    def __call__(self, records: list[Record]) -> None:
+        fresh = []
+        for record in records:
+            if record.stream != EVENTS_STREAM or record.body is None:
+                continue
+            body = record.body
+            item = {k: body[k] for k in EVENT_FIELDS if body.get(k) is not None}
+            item["thumb"] = bool(body.get("thumb"))
+            fresh.append((time.monotonic(), item))
+        if fresh:
+            with self._lock:
+                self._events.extend(fresh)
+
+    def latest(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        with self._lock:
+            items = list(self._events)
+        return [{**item, "age_s": round(now - at, 1)} for at, item in reversed(items)]
+
+
+class WebStage:
+    name = "web"
+
+    def __init__(self, server: StatusHTTPServer, app: WebApp, preview: PreviewRenderer, url: str) -> None:
+        self.server = server
+        self.app = app
+        self.preview = preview
+        self.url = url
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> WebStage:
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.25}, name="web", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self.app.stopping.set()
+        self.preview.stop()
+        if self._thread is not None:
+            self.server.shutdown()
+            self._thread.join(timeout)
+            self._thread = None
+        self.server.server_close()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "requests": self.app.requests,
+            "unauthorized": self.app.unauthorized,
+            "preview_images": self.preview.encoded,
+        }
+
+
+def read_token(agent: Agent) -> str | None:
+    from agent.app import AgentError
+
+    cfg = agent.config.http
+    if cfg.token_file is not None:
+        try:
+            token = Path(cfg.token_file).expanduser().read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise AgentError(f"cannot read http.token_file {cfg.token_file}: {exc}") from None
+        if len(token) < 16:
+            raise AgentError(f"http.token_file {cfg.token_file} holds fewer than 16 characters")
+        return token
+    return cfg.token
+
+
+def build(agent: Agent, running: Running) -> WebStage | None:
+    from agent.app import AgentError
+
+    cfg = agent.config.http
+    listen = cfg.listen or ("127.0.0.1:0" if agent.options.simulate else "")
+    address = parse_listen(listen)
+    if address is None:
+        return None
+    health: HealthStage | None = running.extras.get("health")
+    if health is None:
+        return None
+    token = read_token(agent)
+    host, port = address
+    if not is_loopback(host) and token is None:  # the schema checks this too; a token file may be empty
+        raise AgentError(f"http.listen = {listen!r} is reachable from other machines: set http.token")
+    recent = RecentEvents(cfg.recent_events)
+    running.spool.add_listener(recent)
+    preview = PreviewRenderer(health.tap, health.privacy, lambda: agent.config)
+
+    def status() -> dict[str, Any]:
+        full = health.collector.full()
+        full["camera"] = camera_flags(full["stages"])
+        full["recent_events"] = recent.latest()
+        return full
+
+    metrics = MetricsEndpoint(health.collector.full, lambda: app.unauthorized)
+    app = WebApp(
+        token=token,
+        status=status,
+        metrics=metrics.render,
+        preview=preview,
+        thumbs=running.state_dir / "thumbs",
+        stopping=threading.Event(),
+    )
+    try:
+        server = StatusHTTPServer((host, port), app, cfg.max_clients)
+    except OSError as exc:
+        raise AgentError(f"cannot serve the status page on {listen}: {exc.strerror or exc}") from None
+    bound_host, bound_port = server.server_address[:2]
+    shown = f"[{bound_host}]" if ":" in str(bound_host) else str(bound_host)
+    url = f"http://{shown}:{bound_port}/"
+    if token is None:
+        log.info("status page: %s", url)
+    else:
+        where = url if is_loopback(host) else f"http://<this node's address>:{bound_port}/"
+        log.info("status page: %s (token required: open %s?token=<http.token> once)", url, where)
+    return WebStage(server, app, preview, url)

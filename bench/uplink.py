@@ -1,0 +1,236 @@
+#!/usr/bin/env python3
+"""Uplink benchmark: backlog drain vs a bare paho QoS 1 loop, latency under 2 kB/s, disk bytes per event.
+
+    .venv/bin/python bench/uplink.py [--events 3000] [--thumbs 600]
+
+Starts its own Mosquitto on a free port. Prints one JSON object. Comparisons are ratios measured side
+by side in the same run, because shared machines are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agent.config.schema import UplinkConfig  # noqa: E402
+from agent.uplink.link import LinkProxy, LinkState  # noqa: E402
+from agent.uplink.mqtt import BrokerUrl, MqttPublisher  # noqa: E402
+from agent.uplink.spool import Outgoing, Priority, Spool, SpoolLimits  # noqa: E402
+from tests.brokers import Collector, Mosquitto  # noqa: E402
+
+EVENT = {
+    "schema": "vigil.event/1",
+    "node": "bench",
+    "type": "object_appeared",
+    "priority": "normal",
+    "label": "person",
+    "score": 0.91,
+    "bbox": [0.1, 0.2, 0.3, 0.6],
+    "track": 7,
+    "ts": "2026-11-27T10:00:00.000Z",
+    "first_seen": "2026-11-27T10:00:00.000Z",
+    "last_seen": "2026-11-27T10:00:00.000Z",
+    "clock": {"source": "ntp", "trusted": True},
+    "model": {"name": "yolox-nano", "sha256": "0" * 64},
+    "thumb": None,
+    "location": None,
+}
+THUMB = os.urandom(6000)
+
+
+def fill(spool: Spool, events: int, thumbs: int) -> int:
+    for n in range(events):
+        group = [Outgoing("events", Priority.EVENT, "events", {**EVENT, "n": n})]
+        if n < thumbs:
+            group.append(Outgoing("thumbs", Priority.THUMB, "thumbs/{id}", THUMB, sequenced=False))
+        spool.accept(group)
+    spool.flush(60)
+    return spool.stats()["depth"]
+
+
+def drain_with_agent(broker: Mosquitto, folder: Path, events: int, thumbs: int) -> dict:
+    spool = Spool(folder / "drain.db", limits=SpoolLimits(commit_interval_s=0.2)).start()
+    records = fill(spool, events, thumbs)
+    payload_bytes = sum(len(r.payload) for r in spool.next_records(records + 10))
+    publisher = MqttPublisher(spool, UplinkConfig(broker=broker.url), "bench")
+    started = time.perf_counter()
+    publisher.start()
+    assert spool.wait_drained(600), "spool did not drain"
+    elapsed = time.perf_counter() - started
+    publisher.stop()
+    spool.stop()
+    return {
+        "records": records,
+        "bytes": payload_bytes,
+        "seconds": round(elapsed, 3),
+        "records_per_s": round(records / elapsed, 1),
+        "mb_per_s": round(payload_bytes / elapsed / 1e6, 3),
+    }
+
+
+def drain_with_bare_paho(broker: Mosquitto, events: int, thumbs: int, inflight: int = 20) -> dict:
+    """The floor: publish the same payloads with QoS 1 and a 20-message window, nothing durable."""
+    payloads = []
+    for n in range(events):
+        payloads.append(
+            ("vigil/bare/events", json.dumps({**EVENT, "n": n, "id": "x" * 36, "seq": n}).encode())
+        )
+        if n < thumbs:
+            payloads.append((f"vigil/bare/thumbs/{n}", THUMB))
+    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="bare")
+    client.max_inflight_messages_set(inflight)
+    done = threading.Event()
+    acked = [0]
+
+    def on_publish(*_args):
+        acked[0] += 1
+        if acked[0] == len(payloads):
+            done.set()
+
+    client.on_publish = on_publish
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    started = time.perf_counter()
+    for topic, payload in payloads:
+        client.publish(topic, payload, qos=1)
+    done.wait(600)
+    elapsed = time.perf_counter() - started
+    client.loop_stop()
+    client.disconnect()
+    size = sum(len(p) for _, p in payloads)
+    return {
+        "records": len(payloads),
+        "bytes": size,
+        "seconds": round(elapsed, 3),
+        "records_per_s": round(len(payloads) / elapsed, 1),
+        "mb_per_s": round(size / elapsed / 1e6, 3),
+    }
+
+
+def latency_under_brownout(broker: Mosquitto, folder: Path, rate_bps: int = 2000, live: int = 20) -> dict:
+    spool = Spool(folder / "brown.db", limits=SpoolLimits(commit_interval_s=0.05)).start()
+    fill(spool, 40, 40)  # backlog from an outage: events with thumbnails
+    time.sleep(12)  # the outage lasts long enough for these to count as backlog (older than 10 s)
+    proxy = LinkProxy(("127.0.0.1", broker.port)).start()
+    proxy.set_state(LinkState("up", rate_bps=rate_bps))
+    collector = Collector(broker.url, ["vigil/bench/events"], client_id="lat")
+    publisher = MqttPublisher(
+        spool,
+        UplinkConfig(broker=f"mqtt://127.0.0.1:{proxy.address[1]}"),
+        "bench",
+        broker=BrokerUrl("127.0.0.1", proxy.address[1], False),
+    ).start()
+    sent: dict[int, float] = {}
+    for n in range(live):
+        spool.accept(
+            [
+                Outgoing("events", Priority.EVENT, "events", {**EVENT, "live": n}),
+                Outgoing("thumbs", Priority.THUMB, "thumbs/{id}", THUMB, sequenced=False),
+            ]
+        )
+        spool.flush()
+        sent[41 + n] = time.monotonic()
+        time.sleep(1.0)
+    collector.wait_for(lambda ms: {json.loads(m.payload)["seq"] for m in ms} >= set(sent), 120)
+    lat = sorted(
+        m.at - sent[json.loads(m.payload)["seq"]]
+        for m in collector.snapshot()
+        if json.loads(m.payload)["seq"] in sent
+    )
+    publisher.stop()
+    proxy.stop()
+    collector.close()
+    spool.stop()
+    return {
+        "link_bytes_per_s": rate_bps,
+        "backlog_events": 40,
+        "live_events": live,
+        "metadata_latency_s_p50": round(statistics.median(lat), 2),
+        "metadata_latency_s_p95": round(lat[int(0.95 * (len(lat) - 1))], 2),
+        "degraded_thumbnails": publisher.degraded,
+    }
+
+
+def disk_bytes_per_event(folder: Path, events: int = 500) -> dict:
+    """Bytes this process hands to the storage layer (/proc/self/io write_bytes) per accepted event."""
+    io = Path("/proc/self/io")
+    if not io.exists():
+        return {"skipped": "no /proc/self/io"}
+
+    def written() -> int:
+        return int(
+            next(line for line in io.read_text().splitlines() if line.startswith("write_bytes")).split()[1]
+        )
+
+    spool = Spool(folder / "disk.db", limits=SpoolLimits(commit_interval_s=0.2)).start()
+    os.sync()
+    before = written()
+    for n in range(events):  # a busy street: 20 events/s with thumbnails
+        spool.accept(
+            [
+                Outgoing("events", Priority.EVENT, "events", {**EVENT, "n": n}),
+                Outgoing("thumbs", Priority.THUMB, "thumbs/{id}", THUMB[:4000], sequenced=False),
+            ]
+        )
+        time.sleep(0.05)
+    spool.flush()
+    spool.stop()
+    os.sync()
+    total = written() - before
+    return {
+        "events": events,
+        "payload_bytes_per_event": round(spool.bytes_written / events),
+        "disk_bytes_per_event": round(total / events),
+        "commits": spool.commits,
+        "events_per_commit": round(events / max(1, spool.commits), 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=3000)
+    parser.add_argument("--thumbs", type=int, default=600)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        broker = Mosquitto(folder / "broker").start()
+        try:
+            bare = drain_with_bare_paho(broker, args.events, args.thumbs)
+            ours = drain_with_agent(broker, folder, args.events, args.thumbs)
+            brownout = latency_under_brownout(broker, folder)
+        finally:
+            broker.stop()
+        disk = disk_bytes_per_event(folder)
+    print(
+        json.dumps(
+            {
+                "backlog_drain": {
+                    "vigil": ours,
+                    "bare_paho_qos1": bare,
+                    "ratio_records_per_s": round(ours["records_per_s"] / bare["records_per_s"], 3),
+                },
+                "brownout_2kBps": brownout,
+                "disk": disk,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,263 @@
+"""`vigil-provision`: the fleet operator's tool (CA, node bundles, operators, broker config, revocation).
+
+User errors print one clear message and exit 1 (2 for usage), without a traceback; nothing is
+written when any input is bad.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from provisioning import commands
+from provisioning.broker import BrokerOptions
+from provisioning.errors import ProvisionError
+from provisioning.files import locked
+from provisioning.fleet import TOPIC_PREFIX_PATTERN, Fleet, FleetSettings
+from provisioning.inventory import COLUMNS, parse_csv, parse_node
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def _fleet(args: argparse.Namespace) -> Fleet:
+    path = getattr(args, "fleet", None) or os.environ.get("VIGIL_FLEET")
+    if not path:
+        raise ProvisionError("--fleet DIR is required (or set VIGIL_FLEET)")
+    return Fleet(Path(path).expanduser().resolve())
+
+
+def cmd_init_ca(args: argparse.Namespace, fleet: Fleet) -> commands.Outcome:
+    settings = FleetSettings(name=args.name or fleet.root.name, broker=args.broker, topic_prefix=args.prefix)
+    if not TOPIC_PREFIX_PATTERN.match(args.prefix):
+        raise ProvisionError(f"--prefix {args.prefix!r} must be topic levels of letters, digits, _ or -")
+    return commands.init_ca(fleet, settings, args.days)
+
+
+def cmd_add_node(args: argparse.Namespace, fleet: Fleet) -> commands.Outcome:
+    values = {k: str(v) for k in COLUMNS if (v := getattr(args, k, None)) is not None}
+    try:
+        spec = parse_node(values)
+    except ValueError as exc:
+        raise ProvisionError(f"add-node: {exc}") from None
+    return commands.provision_nodes(
+        fleet, [spec], update=args.update, reissue=[spec.id] if args.reissue else []
+    )
+
+
+def cmd_from_inventory(args: argparse.Namespace, fleet: Fleet) -> commands.Outcome:
+    try:
+        text = Path(args.file).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProvisionError(f"cannot read {args.file}: {exc}") from None
+    specs = parse_csv(text, str(args.file))
+    return commands.provision_nodes(fleet, specs, update=True, reissue=args.reissue or [], skip_revoked=True)
+
+
+def cmd_add_operator(args: argparse.Namespace, fleet: Fleet) -> commands.Outcome:
+    return commands.add_operator(fleet, args.name, args.days, args.reissue)
+
+
+def cmd_broker_config(args: argparse.Namespace, fleet: Fleet) -> commands.Outcome:
+    out = Path(args.out).expanduser().resolve() if args.out else fleet.broker_dir
+    options = BrokerOptions(
+        out=str(out),
+        port=args.port,
+        bind=args.bind,
+        hosts=tuple(args.host or ()),
+        install_dir=args.install_dir,
+        user=args.user,
+    )
+    return commands.broker_config(fleet, options)
+
+
+def cmd_revoke(args: argparse.Namespace, fleet: Fleet) -> commands.Outcome:
+    return commands.revoke(fleet, args.name)
+
+
+def cmd_list(args: argparse.Namespace, fleet: Fleet) -> commands.Outcome:
+    rows = commands.listing(fleet)
+    out = commands.Outcome()
+    if args.json:
+        out.say(json.dumps(rows, indent=2))
+        return out
+    out.say(f"{'KIND':<9} {'ID':<22} {'SITE':<24} {'SERIAL':<14} {'EXPIRES':<11} STATE")
+    for row in rows:
+        if row["kind"] in ("crl", "ca"):
+            continue
+        state = str(row["state"]) + (f" {row['revoked_at']}" if row["revoked_at"] else "")
+        out.say(
+            f"{row['kind']:<9} {row['id']!s:<22} {str(row['site'])[:24]:<24} {str(row['serial'])[:12]:<14} "
+            f"{row['expires']!s:<11} {state}"
+        )
+    for row in rows:
+        if row["kind"] == "crl":
+            out.say(
+                f"CRL number {row['serial']}: {row['state']}, next update {row['expires']} (refresh before then)"
+            )
+        elif row["kind"] == "ca":
+            out.say(f"CA valid until {row['expires']}")
+    return out
+
+
+def _fleet_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--fleet",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="fleet directory: CA, inventory, bundles (default $VIGIL_FLEET)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vigil-provision",
+        description="Provision a Vigil fleet: a CA, one certificate and bundle per node, operator "
+        "certificates, the Mosquitto configuration, revocation. Re-running a command changes nothing "
+        "that is already right.",
+    )
+    _fleet_option(parser)
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("init-ca", help="create the fleet CA and fleet.toml (never overwrites)")
+    _fleet_option(p)
+    p.add_argument(
+        "--broker", required=True, metavar="mqtts://HOST[:PORT]", help="the broker nodes connect to"
+    )
+    p.add_argument("--name", help="fleet name (default: the directory name)")
+    p.add_argument("--prefix", default="vigil", help="MQTT topic prefix (default vigil)")
+    p.add_argument("--days", type=int, default=7300, help="CA validity in days (default 7300)")
+    p.set_defaults(func=cmd_init_ca)
+
+    p = sub.add_parser("add-node", help="issue a node certificate and write its bundle")
+    _fleet_option(p)
+    p.add_argument("id", help="node id: certificate CN, MQTT client id and topic level")
+    p.add_argument("--site", default="", help="site name for people")
+    p.add_argument("--lat", help="latitude (WGS84 degrees)")
+    p.add_argument("--lon", help="longitude (WGS84 degrees)")
+    p.add_argument("--alt", help="altitude in metres")
+    p.add_argument(
+        "--camera",
+        help="camera-module-3 (default), camera-module-2, hq-camera, global-shutter, usb or rtsp://…",
+    )
+    p.add_argument("--modem", help="ec25, eg25, sim7600 or none (default)")
+    p.add_argument("--apn", help="mobile network access point name")
+    p.add_argument(
+        "--modem-manager",
+        dest="modem_manager",
+        help="who manages the modem: agent (default; ModemManager kept off its ports) or modemmanager",
+    )
+    p.add_argument("--update", action="store_true", help="change the details of an existing node")
+    p.add_argument(
+        "--reissue", action="store_true", help="new key and certificate (lost, compromised or revoked)"
+    )
+    p.set_defaults(func=cmd_add_node)
+
+    p = sub.add_parser(
+        "from-inventory",
+        help="add or update every node of a CSV sheet",
+        description=f"CSV columns (header row; only id is required): {', '.join(COLUMNS)}. "
+        "Every bad row is reported and nothing is written until the whole sheet is valid.",
+    )
+    _fleet_option(p)
+    p.add_argument("file", metavar="FILE.csv")
+    p.add_argument("--reissue", action="append", metavar="ID", help="new key and certificate for this node")
+    p.set_defaults(func=cmd_from_inventory)
+
+    p = sub.add_parser(
+        "add-operator", help="a back-office client certificate (reads all nodes, sends commands)"
+    )
+    _fleet_option(p)
+    p.add_argument("name")
+    p.add_argument("--days", type=int, help="validity in days (default from fleet.toml)")
+    p.add_argument("--reissue", action="store_true", help="new key and certificate")
+    p.set_defaults(func=cmd_add_operator)
+
+    p = sub.add_parser("broker-config", help="Mosquitto config, ACL, CRL and broker certificate")
+    _fleet_option(p)
+    p.add_argument("--port", type=int, default=8883, help="TLS listener port (default 8883)")
+    p.add_argument("--out", metavar="DIR", help="output directory (default FLEET/broker)")
+    p.add_argument(
+        "--host",
+        action="append",
+        metavar="NAME|IP",
+        help="name the broker certificate is valid for (repeatable; default the host of fleet.toml's broker)",
+    )
+    p.add_argument("--bind", metavar="ADDR", help="listen on this address only")
+    p.add_argument(
+        "--install-dir",
+        metavar="DIR",
+        help="where the files will live on the broker host, e.g. /etc/mosquitto/vigil (default: --out)",
+    )
+    p.add_argument(
+        "--user", help="user Mosquitto runs as (written as `user`; Mosquitto refuses root without it)"
+    )
+    p.set_defaults(func=cmd_broker_config)
+
+    p = sub.add_parser("revoke", help="revoke a node's (or operator's) certificates: CRL and ACL")
+    _fleet_option(p)
+    p.add_argument("name", metavar="NODE")
+    p.set_defaults(func=cmd_revoke)
+
+    p = sub.add_parser("list", help="nodes, operators, certificate expiry and revocation")
+    _fleet_option(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser(
+        "install",
+        help="install a node bundle on this machine, or into --root DIR (an SD card)",
+        description="Run the node installer for FLEET/nodes/NODE (same as the bundle's install.sh).",
+    )
+    _fleet_option(p)
+    p.add_argument("node")
+    p.add_argument("--root", metavar="DIR", help="install into this directory tree instead of /")
+    p.add_argument("--agent", metavar="WHEEL|DIR|REQ", help="what to pip-install into the node's venv")
+    p.add_argument("--skip-apt", action="store_true")
+    p.set_defaults(func=None)
+    return parser
+
+
+def _install(args: argparse.Namespace, fleet: Fleet) -> int:
+    from provisioning import install
+
+    bundle = fleet.bundle_dir(args.node)
+    if not bundle.is_dir():
+        raise ProvisionError(f"no bundle for node {args.node!r} in {fleet.nodes_dir}: run add-node first")
+    argv = ["--bundle", str(bundle)]
+    if args.root:
+        argv += ["--root", args.root]
+    if args.agent:
+        argv += ["--agent", args.agent]
+    if args.skip_apt:
+        argv.append("--skip-apt")
+    return install.main(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        fleet = _fleet(args)
+        if args.func is None:
+            return _install(args, fleet)
+        # Serialise commands on one fleet; before init-ca there is nothing to protect (and nothing is created).
+        guard = locked(fleet.lock_file) if fleet.ca_dir.is_dir() else contextlib.nullcontext()
+        with guard:
+            outcome = args.func(args, fleet)
+    except ProvisionError as exc:
+        print(f"vigil-provision: error: {exc}".replace("\n", "\n  "), file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    for line in outcome.lines:
+        print(line)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,68 @@
+"""Commands that change what the node does, shown on the running pipeline: a class removed by
+`config/set` stops its events at once (and comes back when re-added), and `modem/reset` reboots the
+(emulated) modem, which the supervisor brings back online."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.agent_harness import AgentHarness, Operator
+from tests.brokers import Mosquitto
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = Mosquitto(tmp_path / "broker").start()
+    yield b
+    b.stop()
+
+
+def appeared(records: list[dict], *, after_seq: int = 0) -> list[dict]:
+    return [r for r in records if r.get("type") == "object_appeared" and r.get("seq", 0) > after_seq]
+
+
+def test_removing_a_class_stops_its_events_live(broker, tmp_path):
+    # as fast as the CPU allows: hundreds of synthetic frames per second, people and cars in each minute
+    with AgentHarness(tmp_path / "state", broker=broker.url, config={"capture": {"realtime": False}}) as node:
+        operator = Operator(broker.url)
+        try:
+            assert node.wait_records(lambda rs: sum(r["label"] == "person" for r in appeared(rs)) >= 2, 60)
+            reply = operator.request("config/set", {"values": {"detect.classes": ["car", "truck"]}})
+            assert reply["status"] == "ok", reply
+            assert node.running.spool.flush(10)
+            cut = node.running.spool.seq("events")  # every later event was detected under the new classes
+            frames = node.running.pipeline.stats.frames
+            assert node.wait_records(
+                lambda rs: len(appeared(rs, after_seq=cut)) >= 4 and node.running.pipeline.stats.frames > frames + 600,
+                90,
+            )
+            later = appeared(node.records, after_seq=cut)
+            assert {r["label"] for r in later} <= {"car", "truck"}, [r["label"] for r in later]
+
+            back = operator.request("config/set", {"values": {"detect.classes": ["person", "car", "truck"]}})
+            assert back["status"] == "ok"
+            assert node.running.spool.flush(10)
+            cut = node.running.spool.seq("events")
+            assert node.wait_records(lambda rs: any(r["label"] == "person" for r in appeared(rs, after_seq=cut)), 90)
+        finally:
+            operator.close()
+
+
+def test_modem_reset_reboots_the_modem_and_it_comes_back(broker, tmp_path):
+    config = {"modem": {"mode": "managed"}, "gnss": {"source": "auto"}}
+    with AgentHarness(tmp_path / "state", broker=broker.url, config=config) as node:
+        operator = Operator(broker.url)
+        try:
+            supervisor = node.stage("modem").supervisor
+            assert supervisor.wait_for(lambda s: s["up"], 30) is not None, supervisor.status()
+            opens = supervisor.status()["counters"]["opens"]
+            reply = operator.request("modem/reset", actor="noc")
+            assert reply["status"] == "ok", reply
+            # the reboot drops the port; the supervisor reopens it and registers again
+            assert supervisor.wait_for(lambda s: s["counters"]["opens"] > opens and s["up"], 30) is not None
+            audit = [e for e in node.stage("health").privacy.audit.entries() if e["action"] == "modem.reset"]
+            assert audit and "noc" in audit[-1]["actor"]
+            status = operator.request("status")["data"]["stages"]["modem"]
+            assert status["link"]["up"] is True and status["emulated"] is True
+        finally:
+            operator.close()

@@ -1,0 +1,208 @@
+"""`model/update` against a real agent, a real Mosquitto and a real HTTP server that serves models
+(with Range support, a cut connection on demand and a gate to hold a download open)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import os
+import threading
+import tomllib
+from pathlib import Path
+
+import onnx
+import pytest
+
+from tests.agent_harness import AgentHarness, Operator
+from tests.brokers import Mosquitto
+from tests.conftest import DEFAULT_MODEL
+
+CARD = {k: v for k, v in json.loads(DEFAULT_MODEL.with_suffix(".card.json").read_text()).items() if k != "sha256"}
+
+
+def variant(tag: str) -> bytes:
+    """The shipped detector with another doc string: another file (another sha256), the same network."""
+    model = onnx.load(str(DEFAULT_MODEL))
+    model.doc_string = f"vigil-synth retrained ({tag})"
+    return model.SerializeToString()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class ModelServer:
+    """Serves registered files; `cut_once` closes the first response half-way; `gate` holds responses."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.cut_once: set[str] = set()
+        self.ranges: list[str] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                owner.gate.wait(30)
+                name = self.path.lstrip("/")
+                data = owner.files.get(name)
+                if data is None:
+                    self.send_error(404)
+                    return
+                start = 0
+                if self.headers.get("Range"):
+                    owner.ranges.append(self.headers["Range"])
+                    start = int(self.headers["Range"].split("=")[1].split("-")[0])
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                body = data[start:]
+                if name in owner.cut_once:
+                    owner.cut_once.discard(name)
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/{name}"
+
+    def stop(self) -> None:
+        self.gate.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    b = Mosquitto(tmp_path_factory.mktemp("broker")).start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def files():
+    server = ModelServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def node(broker, tmp_path_factory):
+    state = tmp_path_factory.mktemp("node") / "state"
+    config = {"control": {"model_probation_frames": 15, "model_probation_timeout_s": 60}}
+    with AgentHarness(state, broker=broker.url, config=config) as harness:
+        # the probation compares with what the running model found: let it find something first
+        assert harness.wait_records(lambda rs: any(r.get("type") == "object_appeared" for r in rs), 30)
+        yield harness
+
+
+@pytest.fixture(scope="module")
+def operator(broker, node):
+    op = Operator(broker.url)
+    yield op
+    op.close()
+
+
+def running_sha(node: AgentHarness) -> str:
+    return node.running.pipeline.detector.sha256
+
+
+def test_wrong_sha256_is_refused_and_the_old_model_keeps_running(node, operator, files):
+    data = variant("wrong-digest")
+    files.files["wrong.onnx"] = data
+    before, frames = running_sha(node), node.running.pipeline.stats.frames
+    reply = operator.request("model/update", {"url": files.url("wrong.onnx"), "sha256": "0" * 64, "card": CARD})
+    assert reply["status"] == "error" and "refused" in reply["message"] and sha(data) in reply["message"]
+    assert running_sha(node) == before
+    assert node.wait_records(lambda _rs: node.running.pipeline.stats.frames > frames + 10, 10)  # still analysing
+    assert not list((node.running.state_dir / "models" / "updates").glob("*.onnx"))
+
+
+def test_a_file_that_does_not_load_is_refused(node, operator, tmp_path):
+    garbage = os.urandom(4096)
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(garbage)
+    before = running_sha(node)
+    reply = operator.request("model/update", {"path": str(path), "sha256": sha(garbage), "card": CARD})
+    assert reply["status"] == "error" and "does not load" in reply["message"]
+    assert running_sha(node) == before
+
+
+def test_a_model_that_finds_nothing_is_rolled_back(node, operator, files):
+    data = variant("blind")
+    files.files["blind.onnx"] = data
+    blind_card = {**CARD, "input": {**CARD["input"], "scale": 0.0}}  # feeds the network an empty image
+    before = running_sha(node)
+    reply = operator.request(
+        "model/update", {"url": files.url("blind.onnx"), "sha256": sha(data), "card": blind_card}, timeout=90
+    )
+    assert reply["status"] == "error" and "rolled back" in reply["message"] and "produced nothing" in reply["message"]
+    assert running_sha(node) == before and node.running.detector.sha256 == before
+    actions = [e["action"] for e in node.stage("health").privacy.audit.entries()]
+    assert "model.rolled_back" in actions
+
+
+def test_only_one_update_runs_at_a_time(node, operator, files):
+    data = variant("slow")
+    files.files["slow.onnx"] = data
+    files.gate.clear()  # the server holds the download
+    try:
+        operator.publish("model/update", json.dumps(
+            {"id": "slow-1", "args": {"url": files.url("slow.onnx"), "sha256": sha(data), "card": CARD}}).encode())
+        assert operator.sub.wait_for(lambda _ms: node.stage("control").models.busy, 10)
+        second = operator.request("model/update", {"url": files.url("slow.onnx"), "sha256": sha(data), "card": CARD})
+        assert second["status"] == "error" and "already in progress" in second["message"]
+        assert operator.request("ping")["status"] == "ok"  # other commands are served meanwhile
+    finally:
+        files.gate.set()
+    assert operator.sub.wait_for(lambda _ms: any(r["id"] == "slow-1" for r in operator.replies()), 90)
+    assert next(r for r in operator.replies() if r["id"] == "slow-1")["status"] == "ok"
+
+
+def test_a_cut_download_resumes_and_the_new_model_takes_over(node, operator, files):
+    data = variant("resumed")
+    files.files["resumed.onnx"] = data
+    files.cut_once.add("resumed.onnx")
+    args = {"url": files.url("resumed.onnx"), "sha256": sha(data), "card": CARD, "name": "synth-v2"}
+    first = operator.request("model/update", args)
+    assert first["status"] == "error" and "resuming" in first["message"]
+    before = running_sha(node)
+    reply = operator.request("model/update", args, actor="ml-team", timeout=90)
+    assert reply["status"] == "ok", reply
+    assert files.ranges and files.ranges[-1].startswith("bytes=") and files.ranges[-1] != "bytes=0-"
+    assert running_sha(node) == sha(data) != before
+    assert reply["data"]["model"]["sha256"] == sha(data) and reply["data"]["runs"] >= 15
+    assert node.wait_records(lambda rs: any(r.get("model", {}).get("sha256") == sha(data) for r in rs
+                                            if r.get("type") == "object_appeared"), 30)
+    kept = tomllib.loads((node.running.state_dir / "config-overlay.toml").read_text())["set"]["detect.model"]
+    assert Path(kept).is_file() and Path(kept).name.startswith("synth-v2-")
+    change = [e for e in node.stage("health").privacy.audit.entries() if e["action"] == "model.change"][-1]
+    assert "ml-team" in change["actor"] and change["details"]["to"]["sha256"] == sha(data)
+    again = operator.request("model/update", args)
+    assert again["status"] == "ok" and "already running" in again["message"]
+
+
+def test_an_update_from_a_file_on_the_node(node, operator, tmp_path):
+    data = variant("from-path")
+    path = tmp_path / "pushed.onnx"
+    path.write_bytes(data)
+    (tmp_path / "pushed.card.json").write_text(json.dumps(CARD))
+    reply = operator.request("model/update", {"path": str(path), "sha256": sha(data)}, timeout=90)
+    assert reply["status"] == "ok", reply
+    assert running_sha(node) == sha(data)
+    status = operator.request("status")["data"]
+    assert status["versions"]["model_sha256"] == sha(data)

@@ -1,0 +1,298 @@
+"""The durable spool on its own: acceptance, seq, bounds, eviction order, TTL under clock jumps, corruption."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+
+import pytest
+
+from agent.uplink.spool import Outgoing, Priority, Spool, SpoolLimits
+
+
+def event(n: int = 0, priority: Priority = Priority.EVENT) -> list[Outgoing]:
+    return [Outgoing("events", priority, "events", {"type": "object_appeared", "n": n})]
+
+
+def with_thumb(n: int, size: int = 8000) -> list[Outgoing]:
+    return [*event(n), Outgoing("thumbs", Priority.THUMB, "thumbs/{id}", os.urandom(size), sequenced=False)]
+
+
+def telemetry(n: int, size: int = 2000) -> list[Outgoing]:
+    return [Outgoing("telemetry", Priority.TELEMETRY, "telemetry", {"n": n, "pad": "x" * size})]
+
+
+class Clocks:
+    """Controllable monotonic and wall clocks for TTL tests."""
+
+    def __init__(self, wall: float) -> None:
+        self.mono = 1000.0
+        self.wall = wall
+        self.trusted = False
+
+
+@pytest.fixture
+def spool_path(tmp_path):
+    return tmp_path / "spool.db"
+
+
+def test_seq_and_id_are_assigned_at_commit_and_persist(spool_path):
+    committed = []
+    with Spool(spool_path) as spool:
+        spool.add_listener(committed.extend)
+        for n in range(5):
+            spool.accept(with_thumb(n))
+        assert spool.flush()
+    with Spool(spool_path) as spool:
+        spool.add_listener(committed.extend)
+        spool.accept(event(5))
+        spool.flush()
+        assert spool.seq("events") == 6
+    events = [r for r in committed if r.stream == "events"]
+    thumbs = [r for r in committed if r.stream == "thumbs"]
+    assert [r.seq for r in events] == [1, 2, 3, 4, 5, 6]
+    assert [json.loads(r.payload)["seq"] for r in events] == [1, 2, 3, 4, 5, 6]
+    assert len({r.id for r in events}) == 6
+    # each thumbnail is named after its event and carries no seq
+    assert [t.topic for t in thumbs] == [f"thumbs/{e.id}" for e in events[:5]]
+    assert all(t.seq is None for t in thumbs)
+
+
+def test_group_commits_batch_many_records(spool_path):
+    with Spool(spool_path, limits=SpoolLimits(commit_interval_s=0.2)) as spool:
+        for n in range(200):
+            spool.accept(event(n))
+        spool.flush()
+        assert spool.stats()["depth"] == 200
+        assert spool.commits <= 5
+
+
+def test_ack_removes_only_that_record(spool_path):
+    with Spool(spool_path) as spool:
+        for n in range(3):
+            spool.accept(event(n))
+        spool.flush()
+        records = spool.next_records(10)
+        spool.ack([records[1].rowid])
+        spool.flush()
+        left = spool.next_records(10)
+    assert [r.seq for r in left] == [1, 3]
+
+
+def test_priority_order_and_backlog_share(spool_path):
+    with Spool(spool_path) as spool:
+        for n in range(8):
+            spool.accept(telemetry(n, 10))
+            spool.accept(with_thumb(n, 100))
+        spool.accept(event(99, Priority.CRITICAL))
+        spool.flush()
+        first = spool.next_records(30)
+        assert [r.priority for r in first] == sorted(r.priority for r in first)
+        assert first[0].priority == Priority.CRITICAL
+        # live (accepted after `live_since`) first, but every 4th from the backlog
+        backlog_cut = first[-1].accepted_uptime + 1e-6
+        for n in range(8):
+            spool.accept(event(100 + n))
+        spool.flush()
+        mixed = spool.next_records(8, live_since=backlog_cut, max_priority=Priority.EVENT)
+        kinds = [
+            "live" if r.accepted_uptime >= backlog_cut else "backlog"
+            for r in mixed
+            if r.priority == Priority.EVENT
+        ]
+        assert kinds[:4] == ["live", "live", "live", "backlog"]
+
+
+def test_ten_times_the_budget_stays_within_budget_and_keeps_critical(spool_path):
+    budget = 2 * 1024 * 1024
+    limits = SpoolLimits(budget_bytes=budget, free_floor_bytes=0, commit_interval_s=0.05)
+    criticals = 0
+    with Spool(spool_path, limits=limits) as spool:
+        for n in range(2600):  # ~20 MB offered: thumbnails, telemetry, events and a few critical records
+            spool.accept(with_thumb(n, 6000))
+            spool.accept(telemetry(n, 1500))
+            if n % 50 == 0:
+                spool.accept(event(n, Priority.CRITICAL))
+                criticals += 1
+            if n % 100 == 0:
+                spool.flush()
+                assert spool.disk_bytes() <= budget
+        spool.flush()
+        stats = spool.stats()
+        assert spool.disk_bytes() <= budget
+    classes = stats["classes"]
+    assert classes["critical"]["depth"] == criticals
+    assert classes["telemetry"]["drops"]["budget"]["count"] > 0
+    assert classes["thumb"]["drops"]["budget"]["count"] > 0
+    # eviction order: telemetry went first, so more of it was dropped than of event metadata
+    event_drops = classes["event"]["drops"].get("budget", {"count": 0})["count"]
+    assert classes["telemetry"]["drops"]["budget"]["count"] > event_drops
+    assert os.path.getsize(spool_path) <= budget
+
+
+def test_free_space_floor_is_respected(spool_path):
+    st = os.statvfs(spool_path.parent)
+    free = st.f_bavail * st.f_frsize
+    limits = SpoolLimits(budget_bytes=10 << 30, free_floor_bytes=free - 512 * 1024, commit_interval_s=0.05)
+    with Spool(spool_path, limits=limits) as spool:
+        for n in range(400):
+            spool.accept(with_thumb(n, 8000))
+        spool.flush()
+        assert spool.stats()["bytes"] <= 512 * 1024
+        assert spool.stats()["classes"]["thumb"]["drops"]["budget"]["count"] > 0
+
+
+def test_ttl_survives_clock_jumps(spool_path):
+    """Boot in 1970, NTP jumps to today: nothing expires. Then a week of uptime passes: it does."""
+    clocks = Clocks(wall=100.0)  # 1970
+    day = 86400.0
+    limits = SpoolLimits(ttl_s={p: 7 * day for p in Priority})
+    spool = Spool(
+        spool_path,
+        limits=limits,
+        clock_trusted=lambda: clocks.trusted,
+        monotonic=lambda: clocks.mono,
+        wall=lambda: clocks.wall,
+    )
+    with spool:
+        spool.accept(event(1))
+        spool.flush()
+        clocks.wall = 1_795_000_000.0  # NTP: 56 years later
+        clocks.trusted = True
+        clocks.mono += 60
+        spool.expire_now()
+        assert spool.stats()["depth"] == 1
+        clocks.mono += 8 * day  # a real week of uptime
+        spool.expire_now()
+        assert spool.stats()["depth"] == 0
+        assert spool.stats()["classes"]["event"]["drops"]["ttl"]["count"] == 1
+
+
+def test_ttl_counts_downtime_only_when_the_clock_was_trusted_both_times(spool_path):
+    clocks = Clocks(wall=1_795_000_000.0)
+    clocks.trusted = True
+    day = 86400.0
+    limits = SpoolLimits(ttl_s={p: 7 * day for p in Priority})
+
+    def open_spool():
+        return Spool(
+            spool_path,
+            limits=limits,
+            clock_trusted=lambda: clocks.trusted,
+            monotonic=lambda: clocks.mono,
+            wall=lambda: clocks.wall,
+        )
+
+    with open_spool() as spool:
+        spool.accept(event(1))
+        spool.flush()
+    clocks.wall += 10 * day  # powered off for ten days (monotonic restarts at boot)
+    clocks.mono = 5.0
+    with open_spool() as spool:
+        spool.expire_now()
+        assert spool.stats()["depth"] == 0  # trusted then and now: the downtime counts
+
+
+def test_uptime_ages_persist_across_restarts(spool_path):
+    clocks = Clocks(wall=0.0)
+    day = 86400.0
+    limits = SpoolLimits(ttl_s={p: 7 * day for p in Priority})
+
+    def open_spool():
+        return Spool(spool_path, limits=limits, monotonic=lambda: clocks.mono, wall=lambda: clocks.wall)
+
+    with open_spool() as spool:
+        spool.accept(event(1))
+        spool.flush()
+        clocks.mono += 4 * day
+    clocks.mono = 3.0  # reboot: monotonic restarts, the untrusted wall clock is useless
+    with open_spool() as spool:
+        clocks.mono += 2 * day
+        spool.expire_now()
+        assert spool.stats()["depth"] == 1  # 6 days of uptime so far
+        clocks.mono += 2 * day
+        spool.expire_now()
+        assert spool.stats()["depth"] == 0
+
+
+def test_corrupt_spool_is_moved_aside_and_counters_survive_when_readable(spool_path):
+    with Spool(spool_path) as spool:
+        for n in range(3):
+            spool.accept(event(n))
+        spool.flush()
+    garbage = b"this is not a database" * 100
+    spool_path.write_bytes(garbage)
+    for sfx in ("-wal", "-shm"):
+        if os.path.exists(str(spool_path) + sfx):
+            os.remove(str(spool_path) + sfx)
+    with Spool(spool_path) as spool:
+        assert spool.recovered_from is not None
+        assert spool.recovered_from.read_bytes() == garbage  # moved aside, never deleted
+        spool.accept(event(9))
+        spool.flush()
+        assert spool.stats()["depth"] == 1
+
+
+def test_damaged_pages_are_detected(spool_path):
+    with Spool(spool_path) as spool:
+        for n in range(300):
+            spool.accept(with_thumb(n, 3000))
+        spool.flush()
+    size = os.path.getsize(spool_path)
+    with open(spool_path, "r+b") as fh:  # scribble over the middle of the file, keep the header
+        fh.seek(size // 2)
+        fh.write(os.urandom(8192))
+    with Spool(spool_path) as spool:
+        assert spool.recovered_from is not None
+        assert spool.seq("events") == 300 or spool.seq("events") == 0
+
+
+def test_accept_never_waits_for_the_disk(spool_path):
+    """A stuck disk (the committer blocked) must not block the producer; overflow sheds low priority."""
+    limits = SpoolLimits(max_pending_bytes=64 * 1024)
+    spool = Spool(spool_path, limits=limits).start()
+    try:
+        spool._lock.acquire()  # simulate an fsync that does not return
+        done = threading.Event()
+
+        def produce():
+            for n in range(200):
+                spool.accept(with_thumb(n, 2000))
+            spool.accept(event(999, Priority.CRITICAL))
+            done.set()
+
+        threading.Thread(target=produce).start()
+        assert done.wait(10)
+    finally:
+        spool._lock.release()
+    spool.flush()
+    stats = spool.stats()
+    spool.stop()
+    assert stats["classes"]["critical"]["depth"] == 1
+    assert stats["classes"]["thumb"]["drops"]["queue_full"]["count"] > 0
+
+
+def test_readonly_stats_of_a_spool_in_use(spool_path):
+    with Spool(spool_path) as spool:
+        spool.accept(event(1))
+        spool.flush()
+        stats = Spool.read_stats(spool_path)
+    assert stats["depth"] == 1 and stats["seq"] == {"events": 1}
+    with pytest.raises(sqlite3.Error):
+        Spool.read_stats(spool_path.with_name("missing.db"))
+
+
+def test_rowids_are_never_reused(spool_path):
+    """An in-flight record can be evicted; its late PUBACK must not delete a newer record with the same id."""
+    with Spool(spool_path) as spool:
+        spool.accept(event(1))
+        spool.flush()
+        (first,) = spool.next_records(5)
+        spool.ack([first.rowid])
+        spool.flush()
+        spool.accept(event(2))
+        spool.flush()
+        (second,) = spool.next_records(5)
+    assert second.rowid > first.rowid

@@ -1,0 +1,291 @@
+"""The whole agent against a real broker under faults: kill -9 at random moments, a corrupt spool,
+a scripted link, and a second broker (RabbitMQ's MQTT plugin)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from agent.config.schema import UplinkConfig
+from agent.uplink.mqtt import MqttPublisher
+from agent.uplink.spool import Spool
+from tests.brokers import Collector, Mosquitto
+from tests.conftest import ROOT, agent_env, read_events, run_agent
+
+KILL_CYCLES = int(os.environ.get("VIGIL_KILL_CYCLES", "50"))
+INFLIGHT = 20
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = Mosquitto(tmp_path / "broker").start()
+    yield b
+    b.stop()
+
+
+def test_kill_9_at_random_moments_loses_no_accepted_event(broker, tmp_path):
+    """≥50 times: start the agent with events flowing, SIGKILL it at a random moment. Then drain the
+    spool: every seq ever accepted arrives, and duplicates stay within the in-flight window."""
+    state = tmp_path / "state"
+    collector = Collector(broker.url, ["vigil/pole-k/events"])
+    rng = random.Random(20261127)
+    try:
+        for cycle in range(KILL_CYCLES):
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "agent",
+                    "--source",
+                    f"synthetic:{cycle}",
+                    "--no-realtime",
+                    "--broker",
+                    broker.url,
+                    "--node-id",
+                    "pole-k",
+                    "--state-dir",
+                    str(state),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd=ROOT,
+                env=agent_env(),
+            )
+            try:
+                proc.wait(timeout=rng.uniform(0.6, 2.5))
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+            else:
+                pytest.fail(f"agent exited by itself in cycle {cycle} with {proc.returncode}")
+        # drain what the last run left, with the same spool and publisher code, in this process
+        spool = Spool(state / "spool.db").start()
+        accepted = spool.seq("events")
+        publisher = MqttPublisher(
+            spool, UplinkConfig(broker=broker.url, reconnect_min_s=0.2), "pole-k"
+        ).start()
+        try:
+            assert spool.wait_drained(60)
+        finally:
+            publisher.stop()
+            spool.stop()
+        assert collector.wait_for(lambda ms: len({json.loads(m.payload)["seq"] for m in ms}) >= accepted, 30)
+    finally:
+        collector.close()
+    seqs = [json.loads(m.payload)["seq"] for m in collector.snapshot()]
+    assert accepted > KILL_CYCLES  # events really flowed
+    assert sorted(set(seqs)) == list(range(1, accepted + 1))  # gapless: nothing accepted was lost
+    duplicates = len(seqs) - len(set(seqs))
+    assert duplicates <= KILL_CYCLES * INFLIGHT
+    print(f"{KILL_CYCLES} kills: {accepted} events accepted, all delivered, {duplicates} duplicates")
+
+
+def test_corrupt_spool_is_moved_aside_and_the_agent_runs(tmp_path, event_validator):
+    state = tmp_path / "state"
+    state.mkdir()
+    garbage = b"\x00\xffnot sqlite" * 1000
+    (state / "spool.db").write_bytes(garbage)
+    res = run_agent(
+        "--simulate",
+        "--source",
+        "synthetic:2",
+        "--max-frames",
+        "150",
+        "--no-realtime",
+        "--state-dir",
+        str(state),
+    )
+    assert res.returncode == 0, res.stderr
+    aside = list(state.glob("spool.db.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == garbage  # moved, never deleted
+    assert "moved aside" in res.stderr
+    events = read_events(res.stdout)
+    assert events[0]["type"] == "spool_recovered" and events[0]["priority"] == "critical"
+    for event in events:
+        event_validator.validate(event)
+    assert len(events) > 1
+
+
+def test_simulate_with_broker_and_link_profile(broker, tmp_path):
+    """`agent --simulate --broker … --link-profile FILE`: an outage in the profile, then everything arrives."""
+    profile = tmp_path / "blip.toml"
+    profile.write_text(
+        'repeat = false\n[[step]]\nseconds = 1\nmode = "up"\n'
+        '[[step]]\nseconds = 3\nmode = "down"\n'
+        '[[step]]\nseconds = 600\nmode = "up"\nrate_bps = 20000\n'
+    )
+    collector = Collector(broker.url, ["vigil/sim-node/#"])
+    state = tmp_path / "state"
+    try:
+        res = run_agent(
+            "--simulate",
+            "--source",
+            "synthetic:6",
+            "--max-frames",
+            "120",
+            "--broker",
+            broker.url,
+            "--link-profile",
+            str(profile),
+            "--state-dir",
+            str(state),
+            timeout=120,
+        )
+        assert res.returncode == 0, res.stderr
+        printed = read_events(res.stdout)
+        # the run may end before the backlog drained: drain it here, then compare
+        spool = Spool(state / "spool.db").start()
+        publisher = MqttPublisher(
+            spool, UplinkConfig(broker=broker.url, reconnect_min_s=0.2), "sim-node"
+        ).start()
+        try:
+            assert spool.wait_drained(60)
+        finally:
+            publisher.stop()
+            spool.stop()
+        want = {e["seq"] for e in printed}
+        assert collector.wait_for(
+            lambda ms: want <= {json.loads(m.payload)["seq"] for m in ms if m.topic.endswith("/events")}, 30
+        )
+    finally:
+        collector.close()
+    assert "link profile blip" in res.stderr
+
+
+def test_bad_broker_settings_are_one_clear_line(tmp_path):
+    res = run_agent(
+        "--source",
+        "synthetic",
+        "--max-frames",
+        "5",
+        "--broker",
+        "http://example",
+        "--state-dir",
+        str(tmp_path),
+    )
+    assert res.returncode == 2 and "uplink" in res.stderr and "mqtt://" in res.stderr
+    env = agent_env(VIGIL_UPLINK__TLS__CA_FILE=str(tmp_path / "missing-ca.crt"))
+    res = run_agent(
+        "--source",
+        "synthetic",
+        "--max-frames",
+        "5",
+        "--broker",
+        "mqtts://127.0.0.1:1",
+        "--state-dir",
+        str(tmp_path),
+        env=env,
+    )
+    assert res.returncode == 1 and "missing-ca.crt does not exist" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+# -- RabbitMQ: the kind of clustered broker a fleet moves to ------------------------------------------
+RABBIT_BIN = "/usr/lib/rabbitmq/bin"  # the scripts themselves; /usr/sbin wrappers switch to the rabbitmq user
+
+
+def _rabbitmq_available() -> bool:
+    return os.path.exists(f"{RABBIT_BIN}/rabbitmq-server")
+
+
+@pytest.fixture
+def rabbitmq(tmp_path):
+    if not _rabbitmq_available():
+        pytest.skip("rabbitmq-server is not installed (./scripts/setup installs it)")
+    from tests.brokers import free_port, wait_port
+
+    amqp, mqtt, dist = free_port(), free_port(), free_port()
+    base = tmp_path / "rabbit"
+    for sub in ("mnesia", "log"):
+        (base / sub).mkdir(parents=True)
+    (base / "rabbitmq.conf").write_text(
+        f"listeners.tcp.default = 127.0.0.1:{amqp}\nmqtt.listeners.tcp.default = 127.0.0.1:{mqtt}\n"
+        "mqtt.allow_anonymous = true\nloopback_users = none\n"
+    )
+    (base / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")
+    node = f"vigiltest{mqtt}@localhost"
+    env = {
+        **os.environ,
+        "RABBITMQ_NODENAME": node,
+        "RABBITMQ_BASE": str(base),
+        "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq"),
+        "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(base / "log"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
+        "RABBITMQ_DIST_PORT": str(dist),
+        "HOME": str(base),
+        "RABBITMQ_PID_FILE": str(base / "pid"),
+        "RABBITMQ_FEATURE_FLAGS_FILE": str(base / "feature_flags"),
+    }
+    log = (base / "server.out").open("wb")
+    proc = subprocess.Popen(
+        [f"{RABBIT_BIN}/rabbitmq-server"], env=env, stdout=log, stderr=log, start_new_session=True
+    )
+    try:
+        wait_port(mqtt, timeout=90, proc=proc)
+    except (TimeoutError, RuntimeError) as exc:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"rabbitmq did not start: {exc}; see {base / 'server.out'}")
+    yield f"mqtt://127.0.0.1:{mqtt}"
+    subprocess.run(
+        [f"{RABBIT_BIN}/rabbitmqctl", "-n", node, "stop"], env=env, capture_output=True, timeout=60
+    )
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_end_to_end_delivery_through_rabbitmq(rabbitmq, tmp_path):
+    collector = Collector(rabbitmq, ["vigil/sim-node/#"])
+    state = tmp_path / "state"
+    try:
+        res = run_agent(
+            "--source",
+            "synthetic:3",
+            "--max-frames",
+            "200",
+            "--no-realtime",
+            "--broker",
+            rabbitmq,
+            "--state-dir",
+            str(state),
+            "--simulate",
+            timeout=120,
+        )
+        assert res.returncode == 0, res.stderr
+        printed = read_events(res.stdout)
+        spool = Spool(state / "spool.db").start()
+        publisher = MqttPublisher(
+            spool, UplinkConfig(broker=rabbitmq, reconnect_min_s=0.2), "sim-node"
+        ).start()
+        try:
+            assert spool.wait_drained(60)
+        finally:
+            publisher.stop()
+            spool.stop()
+        want = {e["seq"] for e in printed}
+        assert want
+        assert collector.wait_for(
+            lambda ms: want <= {json.loads(m.payload)["seq"] for m in ms if m.topic.endswith("/events")}, 30
+        )
+        thumbs = [m for m in collector.snapshot() if "/thumbs/" in m.topic]
+        assert thumbs and all(m.payload[:2] == b"\xff\xd8" for m in thumbs)
+    finally:
+        collector.close()
+    # retained status works on RabbitMQ too (its retained-message store is per node)
+    late = Collector(rabbitmq, ["vigil/sim-node/status"], client_id="late")
+    try:
+        assert late.wait_for(lambda ms: any(json.loads(m.payload)["state"] == "offline" for m in ms), 20)
+    finally:
+        late.close()
