@@ -20,17 +20,46 @@ from typing import Any, Protocol
 from agent import models
 from agent.capture import CaptureStage, FrameSource, SourceError, open_source, webcam_available
 from agent.clock import Clock
-from agent.config.schema import Config
+from agent.config.schema import Config, DetectConfig
 from agent.detect import CardError, Detector, load_detector
-from agent.events import EventEmitter, EventFactory, JsonLinesOutput, ThumbnailFiles
+from agent.events import EVENTS_STREAM, EventEmitter, EventFactory, JsonLinesOutput, ThumbnailFiles
 from agent.motion import MotionGate
 from agent.paths import default_state_dir
 from agent.pipeline import Pipeline
 from agent.systemd import Notifier
 from agent.track import Tracker
-from agent.uplink.spool import Priority, Spool, SpoolLimits
+from agent.uplink.spool import Priority, Record, Spool, SpoolLimits, SpoolUnavailable
 
 log = logging.getLogger(__name__)
+
+
+def detector_from_config(path: Path, cfg: DetectConfig) -> Detector:
+    """Open a model with the detection settings of the config (start-up and model updates alike)."""
+    return load_detector(
+        path,
+        score_threshold=cfg.score_threshold,
+        nms_iou=cfg.nms_iou,
+        classes=cfg.classes,
+        min_box_area=cfg.min_box_area,
+        threads=cfg.threads,
+        spinning=cfg.spin,
+    )
+
+
+def local_delivery(spool: Spool, output: JsonLinesOutput | None) -> Callable[[list[Record]], None]:
+    """Without a broker: write events to the local output, then acknowledge what was delivered."""
+
+    def deliver(records: list[Record]) -> None:
+        written = True
+        if output is not None:
+            try:
+                output(records)
+            except OSError as exc:
+                written = False
+                log.error("cannot write events to the local output (%s); they stay in the spool", exc)
+        spool.ack(r.rowid for r in records if written or r.stream != EVENTS_STREAM)
+
+    return deliver
 
 
 class AgentError(Exception):
@@ -56,6 +85,7 @@ STAGE_BUILDERS: tuple[str, ...] = (
     "agent.modem.stage",
     "agent.uplink.stage",
     "agent.health.stage",  # after uplink (retained status) and tamper; before control and web, which use it
+    "agent.detect.thermal",  # slows the detector down while the CPU is hot (shown on the status page)
     "agent.control.stage",
     "agent.web.stage",
 )
@@ -145,16 +175,8 @@ class Agent:
 
     # -- building ---------------------------------------------------------------------------------
     def _load_detector(self, path: Path) -> Detector:
-        d = self.config.detect
         try:
-            return load_detector(
-                path,
-                score_threshold=d.score_threshold,
-                nms_iou=d.nms_iou,
-                classes=d.classes,
-                min_box_area=d.min_box_area,
-                threads=d.threads,
-            )
+            return detector_from_config(path, self.config.detect)
         except CardError as exc:
             raise AgentError(str(exc)) from None
 
@@ -172,7 +194,14 @@ class Agent:
                 Priority.TELEMETRY: sp.ttl_telemetry_days * day,
             },
         )
-        return Spool(state_dir / "spool.db", limits=limits, clock_trusted=lambda: self.clock.state().trusted)
+        # wall time as the clock knows it (GNSS-corrected when GNSS is what makes it trusted), so an NTP
+        # step after a GNSS-only period does not make every queued record look ancient
+        return Spool(
+            state_dir / "spool.db",
+            limits=limits,
+            clock_trusted=lambda: self.clock.state().trusted,
+            wall=lambda: self.clock.wall_at(time.monotonic()),
+        )
 
     def start(self) -> Running:
         cfg = self.config
@@ -187,10 +216,15 @@ class Agent:
             "model %s (%s…) on %s", detector.card.name, detector.sha256[:12], getattr(source, "name", "?")
         )
         stages: list[Stage] = []
-        spool = self._spool(state_dir).start()
+        try:
+            spool = self._spool(state_dir).start()
+        except SpoolUnavailable as exc:
+            raise AgentError(str(exc)) from None
         stages.append(spool)
+        output = None
         if self.options.print_events or self.options.events_out:
-            spool.add_listener(JsonLinesOutput(path=self.options.events_out))
+            output = JsonLinesOutput(path=self.options.events_out)
+            stages.append(output)
         thumb_files = ThumbnailFiles(
             state_dir / "thumbs",
             max_files=cfg.privacy.local_thumbnails,
@@ -201,8 +235,11 @@ class Agent:
         stages.append(thumb_files)
         spool.add_listener(thumb_files)
         if not cfg.uplink.broker:
-            # No broker: the local outputs above are the delivery, so records are acknowledged once written.
-            spool.add_listener(lambda records: spool.ack(r.rowid for r in records))
+            # No broker: the local output is the delivery, so a record is acknowledged once written
+            # there; an event that could not be written stays in the spool.
+            spool.add_listener(local_delivery(spool, output))
+        elif output is not None:
+            spool.add_listener(output)
         factory = EventFactory(
             cfg.node.id, self.clock, lambda: self.running.detector.info() if self.running else {}
         )

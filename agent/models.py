@@ -23,6 +23,7 @@ from typing import Any
 
 import agent
 from agent.detect.card import ModelCard, card_path_for, parse_card, sha256_file
+from agent.fsutil import atomic_write
 
 MIRROR_ENV = "VIGIL_MODELS_MIRROR"
 
@@ -143,13 +144,23 @@ def _source_url(item: ManifestEntry, mirror: str | None) -> str:
 Progress = Callable[[int, int | None], None]
 
 
+MAX_MODEL_BYTES = 512 * 1024 * 1024  # far above any model a Pi runs; protects the state partition
+
+
 def download(
-    url: str, dest: Path, sha256: str, *, progress: Progress | None = None, timeout: float = 30.0
+    url: str,
+    dest: Path,
+    sha256: str,
+    *,
+    progress: Progress | None = None,
+    timeout: float = 30.0,
+    max_bytes: int = MAX_MODEL_BYTES,
 ) -> Path:
     """Download `url` to `dest`, resuming a previous partial download, and verify its sha256.
 
     The data goes to `dest.part` first; only a file with the right digest is renamed into place,
-    so a cut link or a wrong file never replaces a working model.
+    so a cut link or a wrong file never replaces a working model. More than `max_bytes` is refused
+    (the state partition also holds the spool).
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -163,11 +174,19 @@ def download(
                 have = 0
             length = response.headers.get("Content-Length")
             total = have + int(length) if length is not None else None
+            if total is not None and total > max_bytes:
+                raise ModelError(
+                    f"{url} is {total} bytes, more than the {max_bytes} a model may have; refused"
+                )
             with part.open("ab" if have else "wb") as out:
                 done = have
                 while chunk := response.read(1 << 16):
-                    out.write(chunk)
                     done += len(chunk)
+                    if done > max_bytes:
+                        out.close()
+                        part.unlink(missing_ok=True)
+                        raise ModelError(f"{url} sends more than {max_bytes} bytes; refused")
+                    out.write(chunk)
                     if progress:
                         progress(done, total)
                 out.flush()
@@ -218,9 +237,11 @@ def fetch(name: str, state_dir: Path, *, mirror: str | None = None, progress: Pr
 
 
 def write_card(path: Path, card: ModelCard) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(card.model_dump(mode="json", exclude_none=True), indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write(
+        path,
+        (json.dumps(card.model_dump(mode="json", exclude_none=True), indent=2) + "\n").encode(),
+        mode=0o644,
+    )
 
 
 def describe(state_dir: Path | None) -> list[dict[str, Any]]:

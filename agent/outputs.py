@@ -154,8 +154,9 @@ class OutputBank:
                 return False
             self._deadlines[name] = max(self._deadlines.get(name, 0.0), time.monotonic() + seconds)
             self.pulses += 1
+            # switched under the lock: the `outputs` thread cannot switch it off between these lines
+            self._safe_set(output, True)
             self._cond.notify_all()
-        self._safe_set(output, True)
         return True
 
     def _safe_set(self, output: Output, active: bool) -> None:
@@ -173,12 +174,12 @@ class OutputBank:
                 due = [n for n, d in self._deadlines.items() if d <= now]
                 for n in due:
                     del self._deadlines[n]
+                    output = self._outputs.get(n)  # reconfigure() may have removed (and closed) it
+                    if output is not None:
+                        self._safe_set(output, False)
                 if not due:
                     wait = min(self._deadlines.values(), default=now + 3600) - now
                     self._cond.wait(max(0.01, wait))
-                    continue
-            for n in due:
-                self._safe_set(self._outputs[n], False)
 
     def status(self) -> dict[str, object]:
         with self._cond:

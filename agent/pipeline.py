@@ -17,9 +17,10 @@ from agent.capture.base import Frame, SourceError
 from agent.capture.stage import CaptureStage
 from agent.config.schema import EventsConfig
 from agent.detect import Detection, Detector
+from agent.detect.regions import detect_regions, plan_regions
 from agent.events import EventEmitter, EventFactory, normalise
 from agent.events.thumbs import CropThumbnailer, Thumbnailer
-from agent.motion import MotionGate
+from agent.motion import MotionGate, MotionResult
 from agent.track import Tracker, TrackEvent
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,9 @@ class PipelineStats:
     events: int = 0
     started_mono: float = field(default_factory=time.monotonic)
     last_frame_mono: float = 0.0
+    region_frames: int = 0  # frames analysed in motion-region crops (motion.regions)
+    region_crops: int = 0  # crops analysed (one detector run each)
+    region_recoveries: int = 0  # whole-frame runs added because a crop cut an object
 
     def as_dict(self) -> dict[str, Any]:
         elapsed = max(1e-6, time.monotonic() - self.started_mono)
@@ -45,6 +49,11 @@ class PipelineStats:
             "detections": self.detections,
             "events": self.events,
             "fps": round(self.frames / elapsed, 2),
+            "regions": {
+                "frames": self.region_frames,
+                "crops": self.region_crops,
+                "recoveries": self.region_recoveries,
+            },
         }
 
 
@@ -97,10 +106,10 @@ class Pipeline:
         self.stats.last_frame_mono = frame.mono
         self.factory.see(frame)
         with self._lock:
-            run, _motion = self.gate.decide(frame.image, frame.t, self.tracker.moving_tracks)
+            run, motion = self.gate.decide(frame.image, frame.t, self.tracker.moving_tracks)
             detections: list[Detection] = []
             if run:
-                detections = self.detector.detect(frame.image)
+                detections = self._detect(frame, motion)
                 for keep in self.detection_filters:
                     detections = keep(frame, detections)
                 self.stats.detections += len(detections)
@@ -114,6 +123,35 @@ class Pipeline:
         for observer in self.observers:
             observer(frame, detections, self.tracker)
         return transitions
+
+    def _detect(self, frame: Frame, motion: MotionResult | None) -> list[Detection]:
+        """The whole frame, or crops around motion and moving tracks when `motion.regions` is on.
+
+        Keyframes always look at the whole frame: they are what finds objects that do not move.
+        """
+        cfg = self.gate.cfg
+        card = getattr(self.detector, "card", None)
+        if not cfg.regions or motion is None or card is None or self.gate.last_reason not in ("motion", "tracks"):
+            return self.detector.detect(frame.image)
+        h, w = frame.image.shape[:2]
+        speck = cfg.min_area / 4 * w * h  # a few moving pixels far away must not cost a crop of their own
+        boxes = [b for b in motion.boxes if (b[2] - b[0]) * (b[3] - b[1]) >= speck]
+        boxes += [t.predicted(frame.t) for t in self.tracker.tracks if not t.stationary]
+        regions = plan_regions(boxes, w, h, card.input.width, card.input.height, max_regions=cfg.max_regions)
+        if regions is None:
+            return self.detector.detect(frame.image)
+        result = detect_regions(
+            self.detector,
+            frame.image,
+            regions,
+            iou=float(getattr(self.detector, "nms_iou", 0.45)),
+            known=[t.box for t in self.tracker.tracks if t.stationary],
+            min_area=float(getattr(self.detector, "min_box_area", 0.0)) * w * h,
+        )
+        self.stats.region_frames += 1
+        self.stats.region_crops += len(regions)
+        self.stats.region_recoveries += int(result.full_frame)
+        return result.detections
 
     def finish(self, frame: Frame | None) -> list[TrackEvent]:
         """The stream ended: close every open track so each appearance gets its `object_left`."""

@@ -18,6 +18,7 @@ import tomli_w
 from cryptography import x509
 
 from agent.config import ConfigError, validate
+from agent.config.loader import deep_merge
 from agent.config.schema import Config
 from provisioning import units
 from provisioning.errors import ProvisionError
@@ -27,16 +28,6 @@ from provisioning.install import CONFIG_DIR, STATE_DIR
 from provisioning.inventory import NodeSpec
 
 BUNDLE_DIR_MODE = 0o700  # it holds a private key
-
-
-def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def _schema_field(section: str, name: str) -> bool:

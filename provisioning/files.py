@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.fsutil import atomic_write
 from provisioning.errors import ProvisionError
 
 
@@ -47,21 +47,9 @@ def write_file(path: Path, data: bytes, mode: int = 0o644) -> str | None:
     if same_file(path, data, mode):
         return None
     existed = path.exists()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        try:
-            os.fchmod(fd, mode)  # the umask must not loosen or tighten what we asked for
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        atomic_write(path, data, mode=mode)  # exact mode whatever the umask; fsync of file and folder
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise ProvisionError(f"cannot write {path}: {exc.strerror or exc}") from None
     return "updated" if existed else "created"
 
@@ -79,15 +67,6 @@ def ensure_dir(path: Path, mode: int = 0o755) -> str | None:
     except OSError as exc:
         raise ProvisionError(f"cannot create directory {path}: {exc.strerror or exc}") from None
     return "created"
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 @contextlib.contextmanager

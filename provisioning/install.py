@@ -142,7 +142,15 @@ def read_table(path: Path) -> list[list[str]]:
 
 
 def write_table(path: Path, rows: list[list[str]], mode: int) -> None:
+    """Rewrite a passwd-style table, keeping the owner and group it had (/etc/shadow is root:shadow)."""
+    try:
+        st = path.stat()
+        owner: tuple[int, int] | None = (st.st_uid, st.st_gid)
+    except FileNotFoundError:
+        owner = None
     write_atomic(path, "".join(":".join(r) + "\n" for r in rows).encode(), mode)
+    if owner is not None and os.geteuid() == 0:
+        os.chown(path, *owner)
 
 
 def dpkg_installed(root: Path) -> set[str]:

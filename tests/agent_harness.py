@@ -12,18 +12,11 @@ from typing import Any
 
 from agent.app import Agent, Running, RunOptions
 from agent.clock import Clock
-from agent.config.loader import validate
+from agent.config.loader import deep_merge, validate
 from agent.uplink.spool import Record
 from tests.brokers import Collector
 
 NODE = "node-1"
-
-
-def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in overlay.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def base_config(state_dir: Path, broker: str | None = None) -> dict[str, Any]:
@@ -54,7 +47,7 @@ class AgentHarness:
         trusted_clock: bool = False,
         config_path: Path | None = None,
     ) -> None:
-        data = merge(base_config(state_dir, broker), config or {})
+        data = deep_merge(base_config(state_dir, broker), config or {})
         clock = Clock(ntp_probe=lambda: True) if trusted_clock else Clock(ntp_probe=lambda: False)
         options = RunOptions(
             simulate=simulate, print_events=False, install_signal_handlers=False, config_path=config_path
@@ -151,11 +144,15 @@ class Operator:
         return [r for r in self.replies() if r.get("id") == request_id][-1]
 
     def raw(self, command: str, payload: bytes, *, timeout: float = 20.0) -> dict[str, Any]:
-        """Send any payload and return the next reply (for requests without a usable id)."""
+        """Send any payload and return the next reply to this command (for requests without a usable id)."""
         before = len(self.replies())
+
+        def answered(ms) -> list[dict[str, Any]]:
+            return [r for r in self._parsed(ms)[before:] if r.get("command") == command]
+
         self.publish(command, payload)
-        assert self.sub.wait_for(lambda ms: len(self._parsed(ms)) > before, timeout), f"no reply to {payload[:80]!r}"
-        return self.replies()[before]
+        assert self.sub.wait_for(lambda ms: bool(answered(ms)), timeout), f"no reply to {payload[:80]!r}"
+        return answered(self.sub.snapshot())[0]
 
     def _parsed(self, messages) -> list[dict[str, Any]]:
         return [json.loads(m.payload) for m in messages if m.topic == f"{self.base}/cmd_result"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import queue
 import signal
 import subprocess
@@ -180,3 +181,14 @@ def test_bad_config_exits_2_naming_the_line(tmp_path, state_dir):
 def test_version_flag():
     res = run_agent("--version")
     assert res.returncode == 0 and res.stdout.startswith("vigil-agent ")
+
+
+def test_events_that_cannot_be_written_locally_stay_in_the_spool(state_dir):
+    """Without a broker the local output is the delivery: what it could not write is not acknowledged."""
+    res = run_agent("--source", "synthetic:3", "--max-frames", "150", "--no-realtime", "--state-dir",
+                    str(state_dir), "--events-out", "/dev/full")
+    assert res.returncode == 0, res.stderr
+    assert "stay in the spool" in res.stderr
+    stats = run_agent("spool", "stats", "--state-dir", str(state_dir), "--json")
+    spooled = json.loads(stats.stdout)
+    assert spooled["classes"]["event"]["depth"] == spooled["seq"]["events"] > 0

@@ -109,5 +109,23 @@ def test_secrets_are_never_echoed(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(path, environ={})
     text = str(err.value)
-    assert "modem.pin = '(hidden)'" in text and "12x4" not in text
-    assert "uplink.password = '(hidden)'" in text
+    assert "modem.pin = '***'" in text and "12x4" not in text
+    assert "uplink.password = '***'" in text
+
+
+def test_print_hides_secrets(tmp_path):
+    path = write(tmp_path, '[modem]\npin = "1234"\n[uplink]\npassword = "hunter2"\n')
+    res = run_agent("check-config", "--print", str(path))
+    assert res.returncode == 0, res.stderr
+    assert "1234" not in res.stdout and "hunter2" not in res.stdout
+    assert 'pin = "***"' in res.stdout
+
+
+def test_print_includes_live_changes_kept_on_the_node(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "config-overlay.toml").write_text('[set]\n"detect.score_threshold" = 0.77\n')
+    path = write(tmp_path, f'[node]\nstate_dir = "{state}"\n[detect]\nscore_threshold = 0.5\n')
+    res = run_agent("check-config", "--print", str(path))
+    assert res.returncode == 0, res.stderr
+    assert "score_threshold = 0.77" in res.stdout and "live changes" in res.stdout

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.clock import rfc3339
-from agent.control.live import redact_secrets
+from agent.config.loader import redact_secrets
 from agent.control.protocol import CommandError, check_fresh, parse_request
 from tests.agent_harness import AgentHarness, Operator
 from tests.brokers import Mosquitto
@@ -72,7 +72,9 @@ def test_status_is_the_full_state(operator, node):
 
 def test_config_get_all_or_some_keys(operator):
     everything = operator.request("config/get")["data"]
-    assert everything["config"]["node"]["id"] == "node-1" and "detect.score_threshold" in everything["tunable"]
+    assert (
+        everything["config"]["node"]["id"] == "node-1" and "detect.score_threshold" in everything["tunable"]
+    )
     some = operator.request("config/get", {"keys": ["detect.classes", "motion.enabled"]})["data"]["config"]
     assert some == {"detect.classes": everything["config"]["detect"]["classes"], "motion.enabled": True}
     missing = operator.request("config/get", {"keys": ["detect.nope"]})
@@ -80,8 +82,18 @@ def test_config_get_all_or_some_keys(operator):
 
 
 def test_secrets_never_leave_in_config_get():
-    shown = redact_secrets({"uplink": {"password": "hunter2", "password_file": None}, "http": {"token": "x" * 20}})
-    assert shown == {"uplink": {"password": "***", "password_file": None}, "http": {"token": "***"}}
+    shown = redact_secrets(
+        {
+            "uplink": {"password": "hunter2", "password_file": None},
+            "http": {"token": "x" * 20},
+            "modem": {"pin": "1234", "port": "/dev/vigil-at"},
+        }
+    )
+    assert shown == {
+        "uplink": {"password": "***", "password_file": None},
+        "http": {"token": "***"},
+        "modem": {"pin": "***", "port": "/dev/vigil-at"},
+    }
 
 
 def test_config_set_applies_live_persists_and_audits(operator, node):
@@ -97,8 +109,13 @@ def test_config_set_applies_live_persists_and_audits(operator, node):
     kept = tomllib.loads(overlay.read_text())["set"]
     assert kept["detect.score_threshold"] == 0.55 and kept["motion.keyframe_interval_s"] == 3
     change = [e for e in audit_entries(node) if e["action"] == "config.change"][-1]
-    assert "backoffice/alice" in change["actor"] and change["details"]["values"]["detect.score_threshold"] == 0.55
-    assert operator.request("config/set", {"values": {"detect.score_threshold": 0.55}})["data"]["changed"] == []
+    assert (
+        "backoffice/alice" in change["actor"]
+        and change["details"]["values"]["detect.score_threshold"] == 0.55
+    )
+    assert (
+        operator.request("config/set", {"values": {"detect.score_threshold": 0.55}})["data"]["changed"] == []
+    )
 
 
 def test_config_set_refuses_invalid_values_and_changes_nothing(operator, node):
@@ -138,8 +155,10 @@ def test_config_set_rolls_back_when_it_cannot_be_persisted(operator, node):
 
 
 def test_zones_and_masks_change_live_through_issue_7_apis(operator, node):
-    rules = {"zones": [{"name": "kerb", "polygon": [[0.0, 0.7], [1.0, 0.7], [1.0, 1.0], [0.0, 1.0]]}],
-             "rules": [{"name": "into kerb", "type": "zone_enter", "zone": "kerb"}]}
+    rules = {
+        "zones": [{"name": "kerb", "polygon": [[0.0, 0.7], [1.0, 0.7], [1.0, 1.0], [0.0, 1.0]]}],
+        "rules": [{"name": "into kerb", "type": "zone_enter", "zone": "kerb"}],
+    }
     reply = operator.request("config/set", {"values": {"rules": rules, "privacy.masks": [MASK]}}, actor="ops")
     assert reply["status"] == "ok", reply
     assert list(node.stage("rules").engine.status()["rules"]) == ["into kerb"]
@@ -154,9 +173,15 @@ def test_snapshot_is_redacted_sent_as_a_thumbnail_and_audited(operator, node, ev
     assert reply["status"] == "ok", reply
     meta = reply["data"]["thumb"]
     assert "masks" in meta["redaction"]
-    assert operator.sub.wait_for(lambda ms: any(json.loads(m.payload).get("type") == "snapshot"
-                                                for m in ms if m.topic.endswith("/events")), 10)
-    event = next(e for e in operator.events() if e["type"] == "snapshot" and e["thumb"]["sha256"] == meta["sha256"])
+    assert operator.sub.wait_for(
+        lambda ms: any(
+            json.loads(m.payload).get("type") == "snapshot" for m in ms if m.topic.endswith("/events")
+        ),
+        10,
+    )
+    event = next(
+        e for e in operator.events() if e["type"] == "snapshot" and e["thumb"]["sha256"] == meta["sha256"]
+    )
     event_validator.validate(event)
     assert event["snapshot"]["request"] == reply["id"] and event["thumb"]["redaction"] == meta["redaction"]
     assert operator.sub.wait_for(lambda ms: any(m.topic.endswith(f"/thumbs/{event['id']}") for m in ms), 10)
@@ -173,14 +198,20 @@ def test_snapshot_is_redacted_sent_as_a_thumbnail_and_audited(operator, node, ev
 
 def test_a_snapshot_the_privacy_fallback_refuses_is_not_sent(tmp_path):
     """No face model and `drop_person_thumbnails`: a frame with a person in it never leaves."""
-    config = {"privacy": {"faces": {"model": str(tmp_path / "absent.onnx"), "fallback": "drop_person_thumbnails"}}}
+    config = {
+        "privacy": {"faces": {"model": str(tmp_path / "absent.onnx"), "fallback": "drop_person_thumbnails"}}
+    }
     with AgentHarness(tmp_path / "state", config=config) as node:
         assert node.wait_records(lambda _rs: node.stage("health").tap.latest() is not None, 10)
         frame = node.stage("health").tap.latest().frame
         snapshots = node.stage("control").snapshots
         with pytest.raises(CommandError, match="refused"):
-            snapshots.take(actor="tech", reason="look", frame=frame, objects=[("person", (0.1, 0.2, 0.2, 0.6))])
-        assert snapshots.take(actor="tech", reason="look", frame=frame, objects=[("car", (0.1, 0.2, 0.4, 0.4))])
+            snapshots.take(
+                actor="tech", reason="look", frame=frame, objects=[("person", (0.1, 0.2, 0.2, 0.6))]
+            )
+        assert snapshots.take(
+            actor="tech", reason="look", frame=frame, objects=[("car", (0.1, 0.2, 0.4, 0.4))]
+        )
         actions = [e["action"] for e in audit_entries(node)]
     assert actions.count("snapshot.refused") == 1 and actions.count("snapshot.sent") == 1
     assert [r["type"] for r in node.records if r.get("type") == "snapshot"] == ["snapshot"]
@@ -205,8 +236,12 @@ BAD = [
     ("snapshot", b'{"id": "x4", "args": {"reason": 7}}', "x4", "args.reason"),
     ("config/set", b'{"id": "x5", "args": {"values": "all"}}', "x5", "args.values"),
     ("model/update", b'{"id": "x6", "args": {"url": "http://h/m.onnx", "sha256": "abc"}}', "x6", "sha256"),
-    ("model/update", b'{"id": "x7", "args": {"url": "file:///etc/passwd", "sha256": "' + b"a" * 64 + b'"}}', "x7",
-     "http"),
+    (
+        "model/update",
+        b'{"id": "x7", "args": {"url": "file:///etc/passwd", "sha256": "' + b"a" * 64 + b'"}}',
+        "x7",
+        "http",
+    ),
     ("self-destruct", b'{"id": "x8"}', "x8", "unknown command"),
     ("ping", b'{"id": "x9", "ts": "yesterday"}', "x9", "RFC 3339"),
     ("status", b'{"id": "x10", "args": {"verbose": true}}', "x10", "args.verbose"),
@@ -217,7 +252,9 @@ BAD = [
 
 
 @pytest.mark.parametrize(("command", "payload", "reply_id", "reason"), BAD)
-def test_bad_requests_get_an_error_reply_and_change_nothing(operator, node, command, payload, reply_id, reason):
+def test_bad_requests_get_an_error_reply_and_change_nothing(
+    operator, node, command, payload, reply_id, reason
+):
     before = config_dump(node)
     reply = operator.raw(command, payload)
     assert reply["status"] == "error" and reply["id"] == reply_id
@@ -286,14 +323,18 @@ def test_a_full_queue_answers_busy_at_once(tmp_path):
 # -- fuzzing ------------------------------------------------------------------------------------------
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
     max_leaves=12,
 )
 ENVELOPES = st.fixed_dictionaries(
     {},
     optional={
         "id": st.text(alphabet="abcXYZ019._:- ", max_size=70) | JSON,
-        "args": st.dictionaries(st.sampled_from(["values", "keys", "reason", "url", "sha256", "x"]), JSON, max_size=3)
+        "args": st.dictionaries(
+            st.sampled_from(["values", "keys", "reason", "url", "sha256", "x"]), JSON, max_size=3
+        )
         | JSON,
         "ts": JSON,
         "actor": JSON,
@@ -305,12 +346,28 @@ PAYLOADS = st.one_of(
     ENVELOPES.map(lambda d: json.dumps(d).encode()),
     JSON.map(lambda v: json.dumps(v).encode()),
 )
-COMMANDS = st.sampled_from(["ping", "status", "snapshot", "config/get", "config/set", "modem/reset", "model/update",
-                            "nope", "config", "cmd/ping", ""])
+COMMANDS = st.sampled_from(
+    [
+        "ping",
+        "status",
+        "snapshot",
+        "config/get",
+        "config/set",
+        "modem/reset",
+        "model/update",
+        "nope",
+        "config",
+        "cmd/ping",
+        "",
+    ]
+)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                   HealthCheck.too_slow])
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(command=COMMANDS, payload=PAYLOADS)
 def test_fuzzed_commands_never_crash_the_agent(operator, node, command, payload):
     """Every payload gets exactly one reply; the agent keeps analysing. (`restart` is left out: it is

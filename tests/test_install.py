@@ -279,3 +279,20 @@ def test_live_install_runs_each_system_step_once(bundle: Path, tmp_path: Path, c
     runner.commands.clear()
     report = install.Installer(bundle, root, live=True, agent_spec="vigil-agent==0.1.0", runner=runner).run()
     assert report.changed == [] and runner.commands == []
+
+
+def test_rewritten_tables_keep_their_owner_and_group(tmp_path):
+    """/etc/shadow is root:shadow on Debian; rewriting it must not make it root:root."""
+    import os
+
+    from provisioning.install import read_table, write_table
+
+    if os.geteuid() != 0:
+        pytest.skip("changing a file's group needs root (CI runs as root)")
+    shadow = tmp_path / "shadow"
+    shadow.write_text("root:*:19000:0:99999:7:::\n")
+    os.chown(shadow, 0, 42)
+    write_table(shadow, [*read_table(shadow), ["vigil", "!*", "", "", "", "", "", "", ""]], 0o640)
+    st = shadow.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, 42, 0o640)
+    assert shadow.read_text().endswith("vigil:!*:::::::\n")

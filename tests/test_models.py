@@ -139,3 +139,10 @@ def test_unknown_model_name(state_dir):
         models.resolve("nope", state_dir)
     with pytest.raises(models.ModelError, match="agent models fetch yolox-nano"):
         models.resolve("yolox-nano", state_dir)
+
+
+def test_oversized_downloads_are_refused(mirror, state_dir):
+    with pytest.raises(models.ModelError, match="more than"):
+        models.download(f"{mirror.url}/yolox_nano/yolox_nano.onnx", state_dir / "m.onnx", "0" * 64,
+                        max_bytes=1_000_000)
+    assert not (state_dir / "m.onnx").exists()

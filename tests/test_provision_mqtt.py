@@ -307,17 +307,7 @@ def test_a_revoked_node_is_refused_after_the_broker_restarts(tmp_path: Path, cli
         broker.stop()
 
 
-def _uplink_available() -> str | None:
-    try:
-        import agent.uplink.mqtt  # noqa: F401
-    except ImportError:
-        return "the agent's MQTT publisher (agent/uplink/mqtt.py, issue 3) is not there yet"
-    return None
-
-
 def test_agent_with_a_node_bundle_delivers_events_over_mutual_tls(fleet: Fleet, clients, tmp_path: Path):
-    if (reason := _uplink_available()) is not None:
-        pytest.skip(reason)
     operator = fleet.client(fleet.operator()).connect_ok()
     clients.append(operator)
     operator.subscribe("vigil/pole-a/#")

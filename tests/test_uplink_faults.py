@@ -7,9 +7,11 @@ import contextlib
 import json
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +23,24 @@ from tests.conftest import ROOT, agent_env, read_events, run_agent
 
 KILL_CYCLES = int(os.environ.get("VIGIL_KILL_CYCLES", "50"))
 INFLIGHT = 20
+
+
+def drain(state: Path, broker_url: str, node: str) -> int:
+    """Publish what a finished (or killed) agent left in its spool, with the agent's own spool and
+    publisher code, in this process; returns the last event seq ever accepted."""
+    spool = Spool(state / "spool.db").start()
+    accepted = spool.seq("events")
+    publisher = MqttPublisher(spool, UplinkConfig(broker=broker_url, reconnect_min_s=0.2), node).start()
+    try:
+        assert spool.wait_drained(60), "the spool did not drain"
+    finally:
+        publisher.stop()
+        spool.stop()
+    return accepted
+
+
+def event_seqs(messages) -> set[int]:
+    return {json.loads(m.payload)["seq"] for m in messages if m.topic.endswith("/events")}
 
 
 @pytest.fixture
@@ -39,44 +59,29 @@ def test_kill_9_at_random_moments_loses_no_accepted_event(broker, tmp_path):
     try:
         for cycle in range(KILL_CYCLES):
             proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "agent",
-                    "--source",
-                    f"synthetic:{cycle}",
-                    "--no-realtime",
-                    "--broker",
-                    broker.url,
-                    "--node-id",
-                    "pole-k",
-                    "--state-dir",
-                    str(state),
-                ],
-                stdout=subprocess.DEVNULL,
+                [sys.executable, "-m", "agent", "--source", f"synthetic:{cycle}", "--no-realtime",
+                 "--broker", broker.url, "--node-id", "pole-k", "--state-dir", str(state)],
+                stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 cwd=ROOT,
                 env=agent_env(),
             )
             try:
-                proc.wait(timeout=rng.uniform(0.6, 2.5))
+                # events are flowing once the first accepted one is printed; kill at a random moment after
+                ready, _, _ = select.select([proc.stdout], [], [], 60)
+                assert ready and proc.stdout.readline(), f"cycle {cycle}: no event from the agent"
+                proc.wait(timeout=rng.uniform(0.0, 1.2))
             except subprocess.TimeoutExpired:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
             else:
                 pytest.fail(f"agent exited by itself in cycle {cycle} with {proc.returncode}")
-        # drain what the last run left, with the same spool and publisher code, in this process
-        spool = Spool(state / "spool.db").start()
-        accepted = spool.seq("events")
-        publisher = MqttPublisher(
-            spool, UplinkConfig(broker=broker.url, reconnect_min_s=0.2), "pole-k"
-        ).start()
-        try:
-            assert spool.wait_drained(60)
-        finally:
-            publisher.stop()
-            spool.stop()
-        assert collector.wait_for(lambda ms: len({json.loads(m.payload)["seq"] for m in ms}) >= accepted, 30)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.stdout.close()
+        accepted = drain(state, broker.url, "pole-k")
+        assert collector.wait_for(lambda ms: len(event_seqs(ms)) >= accepted, 30)
     finally:
         collector.close()
     seqs = [json.loads(m.payload)["seq"] for m in collector.snapshot()]
@@ -140,20 +145,9 @@ def test_simulate_with_broker_and_link_profile(broker, tmp_path):
         )
         assert res.returncode == 0, res.stderr
         printed = read_events(res.stdout)
-        # the run may end before the backlog drained: drain it here, then compare
-        spool = Spool(state / "spool.db").start()
-        publisher = MqttPublisher(
-            spool, UplinkConfig(broker=broker.url, reconnect_min_s=0.2), "sim-node"
-        ).start()
-        try:
-            assert spool.wait_drained(60)
-        finally:
-            publisher.stop()
-            spool.stop()
+        drain(state, broker.url, "sim-node")  # the run may end before the backlog drained
         want = {e["seq"] for e in printed}
-        assert collector.wait_for(
-            lambda ms: want <= {json.loads(m.payload)["seq"] for m in ms if m.topic.endswith("/events")}, 30
-        )
+        assert collector.wait_for(lambda ms: want <= event_seqs(ms), 30)
     finally:
         collector.close()
     assert "link profile blip" in res.stderr
@@ -265,20 +259,10 @@ def test_end_to_end_delivery_through_rabbitmq(rabbitmq, tmp_path):
         )
         assert res.returncode == 0, res.stderr
         printed = read_events(res.stdout)
-        spool = Spool(state / "spool.db").start()
-        publisher = MqttPublisher(
-            spool, UplinkConfig(broker=rabbitmq, reconnect_min_s=0.2), "sim-node"
-        ).start()
-        try:
-            assert spool.wait_drained(60)
-        finally:
-            publisher.stop()
-            spool.stop()
+        drain(state, rabbitmq, "sim-node")
         want = {e["seq"] for e in printed}
         assert want
-        assert collector.wait_for(
-            lambda ms: want <= {json.loads(m.payload)["seq"] for m in ms if m.topic.endswith("/events")}, 30
-        )
+        assert collector.wait_for(lambda ms: want <= event_seqs(ms), 30)
         thumbs = [m for m in collector.snapshot() if "/thumbs/" in m.topic]
         assert thumbs and all(m.payload[:2] == b"\xff\xd8" for m in thumbs)
     finally:

@@ -42,6 +42,7 @@ def get(url: str, headers: dict[str, str] | None = None, timeout: float = 15.0) 
 def node(tmp_path_factory):
     state = tmp_path_factory.mktemp("web") / "state"
     with AgentHarness(state, config={"privacy": {"masks": [MASK]}}) as harness:
+        assert harness.wait_records(lambda _rs: harness.running.pipeline.stats.frames > 5, 20)  # analysing
         yield harness
 
 

@@ -10,9 +10,17 @@ from agent.config import dump_toml, load_config
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    loaded = load_config(args.file, environ={} if args.ignore_env else None)
+    environ = {} if args.ignore_env else None
+    load_config(args.file, environ=environ)  # errors name the file and line
     if args.print:
-        sys.stdout.write(dump_toml(loaded.config))
+        # what the agent would run with: the file, live changes kept on this node, the environment
+        from agent.control.persist import load_with_overlay
+
+        effective = load_with_overlay(args.file, environ=environ)
+        overlays = sorted({o for o in effective.origins.values() if o.startswith("overlay ")})
+        for origin in overlays:
+            sys.stdout.write(f"# includes live changes from {origin.removeprefix('overlay ')}\n")
+        sys.stdout.write(dump_toml(effective.config, hide_secrets=True))
     else:
         print(f"{args.file}: OK")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sqlite3
+import sys
 from pathlib import Path
 
 from agent.config import load_config
@@ -27,12 +28,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
         state_dir = cfg.node.state_dir if cfg and cfg.node.state_dir else default_state_dir()
     path = Path(state_dir).expanduser() / "spool.db"
     if not path.exists():
-        print(f"agent: no spool at {path} (has the agent run with this state directory?)")
+        print(f"agent: no spool at {path} (has the agent run with this state directory?)", file=sys.stderr)
         return 1
     try:
         stats = Spool.read_stats(path)
     except sqlite3.Error as exc:
-        print(f"agent: cannot read spool {path}: {exc}")
+        print(f"agent: cannot read spool {path}: {exc}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(stats, indent=2))
@@ -46,6 +47,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         oldest = f"{cls['oldest_age_s']:.0f}s" if cls["oldest_age_s"] is not None else "-"
         drops = ", ".join(f"{reason} {d['count']}" for reason, d in cls["drops"].items()) or "none"
         print(f"{name:<10} {cls['depth']:>7} {_fmt_bytes(cls['bytes']):>10} {oldest:>10}  {drops}")
+    print("(ages count spool running time, as of the agent's last commit)")
     seqs = ", ".join(f"{k} {v}" for k, v in sorted(stats["seq"].items())) or "none yet"
     print(f"last seq: {seqs}")
     return 0

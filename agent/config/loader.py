@@ -92,11 +92,11 @@ def toml_key_lines(text: str) -> dict[tuple[Any, ...], int]:
     return lines
 
 
-def _deep_merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in overlay.items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -187,8 +187,23 @@ def _origin_for(loc: tuple[Any, ...], origins: Mapping[tuple[Any, ...], str]) ->
     return "default"
 
 
-# Values never echoed in errors or logs: a technician's screen or a CI log must not show them.
+# Values never echoed in errors, logs, `check-config --print` or `config/get`.
 SECRET_PATHS = {("modem", "pin"), ("uplink", "password"), ("http", "token")}
+HIDDEN = "***"
+
+
+def redact_secrets(data: Any, _path: tuple[str, ...] = ()) -> Any:
+    """A copy of plain config data with every set secret replaced by ***."""
+    if isinstance(data, Mapping):
+        return {
+            key: HIDDEN
+            if (*_path, key) in SECRET_PATHS and value not in (None, "")
+            else redact_secrets(value, (*_path, key))
+            for key, value in data.items()
+        }
+    if isinstance(data, list):
+        return [redact_secrets(item, _path) for item in data]
+    return data
 
 
 def explain(
@@ -199,7 +214,7 @@ def explain(
         loc = tuple(error["loc"])
         reason = error["msg"]
         if loc[:2] in SECRET_PATHS:
-            error = {**error, "input": "(hidden)"}
+            error = {**error, "input": HIDDEN}
         if error["type"] == "extra_forbidden":
             reason = "unknown setting (check the spelling; see `agent check-config --help`)"
         issues.append(
@@ -240,7 +255,7 @@ def load_config(
         for key, line in lines.items():
             origins.setdefault(key, f"{path}:{line}")
     env_data, env_origins = env_overrides(os.environ if environ is None else environ)
-    data = _deep_merge(data, env_data)
+    data = deep_merge(data, env_data)
     origins.update(env_origins)
     if overrides:
         nested: dict[str, Any] = {}
@@ -249,10 +264,11 @@ def load_config(
             origins[tuple(dotted.split("."))] = (override_origins or {}).get(
                 tuple(dotted.split(".")), "command line"
             )
-        data = _deep_merge(data, nested)
+        data = deep_merge(data, nested)
     return LoadedConfig(config=validate(data, origins), path=path, origins=origins)
 
 
-def dump_toml(config: Config) -> str:
-    """Serialise a config back to TOML (to persist live changes and for `check-config --print`)."""
-    return tomli_w.dumps(config.model_dump(mode="json", exclude_none=True))
+def dump_toml(config: Config, *, hide_secrets: bool = False) -> str:
+    """Serialise a config back to TOML (to persist live changes, and secrets hidden for `check-config --print`)."""
+    data = config.model_dump(mode="json", exclude_none=True)
+    return tomli_w.dumps(redact_secrets(data) if hide_secrets else data)

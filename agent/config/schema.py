@@ -90,6 +90,63 @@ class MotionConfig(Section):
     keyframe_interval_s: float = Field(
         default=5.0, gt=0, description="Run the detector at least this often even without motion."
     )
+    regions: bool = Field(
+        default=False,
+        description="Detect in crops around motion and moving tracks, at the model's input size, instead "
+        "of the whole frame shrunk to it (Frigate's trick): small, distant objects keep their pixels. "
+        "Keyframes and motion too large for the crops use the whole frame. For models trained at many "
+        "scales (COCO models such as yolox-nano), not vigil-synth; see bench/README.md.",
+    )
+    max_regions: int = Field(
+        default=2,
+        ge=1,
+        le=8,
+        description="Most crops per frame (one detector run each); more separate motion than this "
+        "analyses the whole frame instead.",
+    )
+
+
+class ThermalConfig(Section):
+    """Adaptive detector rate: a hot Pi slows the detector down instead of being throttled hard."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Lower the detector's rate while the CPU is hot or the firmware reports throttling.",
+    )
+    warm_c: float = Field(
+        default=75.0,
+        gt=0,
+        le=125,
+        description="CPU temperature (°C) from which the detector runs at half the capture rate "
+        "(Raspberry Pi firmware starts throttling at 80 °C).",
+    )
+    hot_c: float = Field(
+        default=80.0,
+        gt=0,
+        le=125,
+        description="CPU temperature (°C) from which the detector runs at `min_fps` only.",
+    )
+    min_fps: float = Field(
+        default=1.0, gt=0, le=60, description="Detector runs per second while hot: never fewer."
+    )
+    resume_margin_c: float = Field(
+        default=5.0,
+        ge=0,
+        le=30,
+        description="Degrees below a threshold before the detector speeds up again (no flapping).",
+    )
+    hold_s: float = Field(
+        default=60.0, ge=0, description="Shortest time at a slower rate before speeding up again."
+    )
+    interval_s: float = Field(
+        default=5.0, gt=0, le=300, description="How often temperature and throttling flags are read."
+    )
+
+    @model_validator(mode="after")
+    def _order(self) -> ThermalConfig:
+        if self.hot_c < self.warm_c:
+            raise ValueError("detect.thermal.hot_c must be >= detect.thermal.warm_c")
+        return self
 
 
 class DetectConfig(Section):
@@ -110,6 +167,13 @@ class DetectConfig(Section):
         default=0.0004, ge=0, lt=1, description="Smallest box kept, as a share of the frame area."
     )
     threads: int = Field(default=2, ge=1, le=16, description="onnxruntime intra-op threads.")
+    spin: bool = Field(
+        default=False,
+        description="Let onnxruntime's worker threads spin between operators: more frames/s when the "
+        "cores are otherwise idle, at more CPU (heat) per frame and no gain while the capture thread "
+        "decodes video (bench/README.md).",
+    )
+    thermal: ThermalConfig = Field(default_factory=ThermalConfig)
 
     @field_validator("classes")
     @classmethod

@@ -80,7 +80,11 @@ class Command:
 
 def ping(stage: ControlStage, ctx: Context, args: NoArgs) -> Result:
     uptime = time.monotonic() - stage.health.collector.started_mono
-    return "pong", {"agent": agent_pkg.__version__, "node": stage.agent.config.node.id, "uptime_s": round(uptime, 1)}
+    return "pong", {
+        "agent": agent_pkg.__version__,
+        "node": stage.agent.config.node.id,
+        "uptime_s": round(uptime, 1),
+    }
 
 
 def status(stage: ControlStage, ctx: Context, args: NoArgs) -> Result:
@@ -115,28 +119,17 @@ def modem_reset(stage: ControlStage, ctx: Context, args: NoArgs) -> Result:
     if modem is None or supervisor is None:
         raise CommandError("no modem is managed on this node (modem.port is not set); nothing to reset")
     stage.health.privacy.audit.record("modem.reset", ctx.actor, {})
-    how = reset_modem(modem, supervisor)
+    how = reset_modem(supervisor)
     return f"modem reset: {how}; the supervisor re-registers (watch `status`)", {"modem": supervisor.status()}
 
 
-def reset_modem(modem: Any, supervisor: Any) -> str:
-    """Reset through the modem stage's public API when it has one; otherwise run the supervisor's own
-    `reset` recovery step (the AT engine serialises it with the supervisor's polling)."""
-    for target in (modem, supervisor):
-        for name in ("request_reset", "reset"):
-            method = getattr(target, name, None)
-            if callable(method):
-                method()
-                return f"{type(target).__name__}.{name}()"
-    if getattr(supervisor, "_at", None) is None:
-        raise CommandError(
-            f"the modem is not reachable ({supervisor.status().get('state')}); the supervisor keeps retrying"
-        )
-    if supervisor.config.mode != "managed":
-        raise CommandError("modem.mode is monitor: the agent does not write to the modem")
-    supervisor._run_step("reset")  # issue 4 offers no public reset yet (adapter)
-    supervisor.wake()
-    return "AT reset sent (full modem reboot)"
+def reset_modem(supervisor: Any) -> str:
+    """Queue a full reset on the supervisor's own thread (counted and noted like a recovery step)."""
+    try:
+        supervisor.request_reset()
+    except RuntimeError as exc:
+        raise CommandError(str(exc)) from None
+    return "reset requested (full modem reboot)"
 
 
 def restart(stage: ControlStage, ctx: Context, args: RestartArgs) -> Result:

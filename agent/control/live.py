@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from agent.config.loader import ConfigError, validate
+from agent.config.loader import ConfigError, redact_secrets, validate
 from agent.config.schema import Config
 from agent.control.persist import ConfigStore, set_path
 from agent.control.protocol import CommandError
@@ -49,7 +49,6 @@ TUNABLE = (
     "events.thumbnails",
 )
 NOT_LIVE = ("tamper.enabled",)  # the tamper stage is built (or not) at start
-SECRET_KEYS = ("password", "token")
 MAX_KEYS = 64
 
 Undo = Callable[[], None]
@@ -66,17 +65,6 @@ def get_path(data: Any, dotted: str) -> Any:
         if not isinstance(data, dict) or part not in data:
             raise KeyError(dotted)
         data = data[part]
-    return data
-
-
-def redact_secrets(data: Any) -> Any:
-    if isinstance(data, dict):
-        return {
-            k: ("***" if any(s in k for s in SECRET_KEYS) and v not in (None, "") else redact_secrets(v))
-            for k, v in data.items()
-        }
-    if isinstance(data, list):
-        return [redact_secrets(v) for v in data]
     return data
 
 
@@ -103,7 +91,9 @@ def _assign(config: Config, dotted: str, source: Config) -> None:
 
 
 class LiveConfig:
-    def __init__(self, agent: Agent, running: Running, store: ConfigStore, audit: Callable[[], AuditLog]) -> None:
+    def __init__(
+        self, agent: Agent, running: Running, store: ConfigStore, audit: Callable[[], AuditLog]
+    ) -> None:
         self.agent = agent
         self.running = running
         self.store = store
@@ -149,7 +139,11 @@ class LiveConfig:
         old_dump, new_dump = before.model_dump(mode="json"), after.model_dump(mode="json")
         changed = [k for k in values if get_path(old_dump, k) != get_path(new_dump, k)]
         if not changed:
-            return {"changed": [], "persisted_to": None, "notes": ["no change: the values are already in effect"]}
+            return {
+                "changed": [],
+                "persisted_to": None,
+                "notes": ["no change: the values are already in effect"],
+            }
         self._require_stages(changed)
         snapshot = before.model_copy(deep=True)
         undo: list[Undo] = []
@@ -193,7 +187,9 @@ class LiveConfig:
                     notes.append(f"{key}: {origin} sets it too and wins at the next start")
                     break
         if "capture.fps" in keys:
-            notes.append("capture.fps: analysis is capped now; the camera's own frame rate changes at the next start")
+            notes.append(
+                "capture.fps: analysis is capped now; the camera's own frame rate changes at the next start"
+            )
         return notes
 
     # -- appliers -----------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import numpy as np
 from agent import models
 from agent.control.live import apply_detect
 from agent.control.protocol import CommandError
-from agent.detect import CardError, Detection, Detector, load_detector
+from agent.detect import CardError, Detection, Detector
 from agent.detect.card import card_path_for, parse_card, sha256_file
 
 if TYPE_CHECKING:
@@ -165,6 +165,7 @@ class ModelUpdater:
         if dest.is_file() and sha256_file(dest) == args.sha256:
             return dest
         if args.url:
+
             def progress(_done: int, _total: int | None) -> None:
                 if self._cancel.is_set():
                     raise Cancelled
@@ -178,7 +179,9 @@ class ModelUpdater:
             raise CommandError(f"model file not found on the node: {source}")
         got = sha256_file(source)
         if got != args.sha256:
-            raise CommandError(f"{source} has sha256 {got}, expected {args.sha256}; refused, the previous model stays")
+            raise CommandError(
+                f"{source} has sha256 {got}, expected {args.sha256}; refused, the previous model stays"
+            )
         folder.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".part")
         shutil.copyfile(source, tmp)
@@ -198,16 +201,10 @@ class ModelUpdater:
         models.write_card(card_path_for(dest), card)
 
     def _load(self, dest: Path) -> Detector:
-        d = self.agent.config.detect
+        from agent.app import detector_from_config
+
         try:
-            detector = load_detector(
-                dest,
-                score_threshold=d.score_threshold,
-                nms_iou=d.nms_iou,
-                classes=d.classes,
-                min_box_area=d.min_box_area,
-                threads=d.threads,
-            )
+            detector = detector_from_config(dest, self.agent.config.detect)
         except (CardError, ValueError) as exc:
             raise CommandError(f"the new model does not load: {exc}; the previous model stays") from None
         latest = self.tap.latest()
@@ -243,7 +240,9 @@ class ModelUpdater:
         guard = ProbationDetector(new, current)
         pipeline.swap_detector(guard)
         self.running.detector = guard  # events name the model that found them
-        log.info("model %s (%s…) on probation for %d detector runs", new.name, new.sha256[:12], probation_runs)
+        log.info(
+            "model %s (%s…) on probation for %d detector runs", new.name, new.sha256[:12], probation_runs
+        )
         verdict = self._watch(guard, probation_runs, sum(baseline))
         if verdict is not None:
             self._roll_back(guard, current)
@@ -255,13 +254,20 @@ class ModelUpdater:
         except Exception as exc:
             self._roll_back(guard, current)
             new.close()
-            raise CommandError(f"could not persist detect.model ({exc}); rolled back to {current.name}") from None
+            raise CommandError(
+                f"could not persist detect.model ({exc}); rolled back to {current.name}"
+            ) from None
         apply_detect(new, self.agent.config)  # thresholds changed live during probation
         pipeline.swap_detector(new)
         self.running.detector = new
         self.agent.config.detect.model = str(dest)
         current.close()
-        details = {"from": current.info(), "to": new.info(), "runs": guard.runs, "detections": guard.detections}
+        details = {
+            "from": current.info(),
+            "to": new.info(),
+            "runs": guard.runs,
+            "detections": guard.detections,
+        }
         self._audit().record("model.change", actor, details)
         log.info("model %s (%s…) is now in use", new.name, new.sha256[:12])
         return (

@@ -32,7 +32,7 @@ from agent.config.loader import (
     read_toml,
     validate,
 )
-from agent.control.protocol import atomic_write
+from agent.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import threading
 import time
@@ -32,6 +31,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.clock import rfc3339
+from agent.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,9 @@ def check_fresh(ts: str | float | int | None, *, clock_trusted: bool, max_age_s:
     if when is None or not clock_trusted:
         return
     if now - when > max_age_s:
-        raise CommandError(f"stale request: made {now - when:.0f}s ago (more than control.max_age_s = {max_age_s:g})")
+        raise CommandError(
+            f"stale request: made {now - when:.0f}s ago (more than control.max_age_s = {max_age_s:g})"
+        )
     if when - now > FUTURE_SLACK_S:
         raise CommandError(f"request time is {when - now:.0f}s in the future; check the sender's clock")
 
@@ -187,31 +189,3 @@ class SeenIds:
         except OSError as exc:  # the memory is a safeguard; a full disk must not stop commands
             log.warning("cannot save request-id memory %s: %s", self.path, exc)
         return None
-
-
-def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
-    """Write temp + fsync + rename + fsync of the folder: the file is the old or the new one, never torn."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if mode is None else mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)

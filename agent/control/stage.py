@@ -78,6 +78,7 @@ class ControlStage:
         self.snapshots = Snapshotter(agent, running, health)
         self.seen = SeenIds(running.state_dir / "control" / "request-ids.json", cfg.remember_ids)
         self.counts = {"received": 0, "ok": 0, "error": 0, "busy": 0, "oversized": 0, "rule_snapshots": 0}
+        self._counts_lock = threading.Lock()  # bumped from the uplink, control and analysis threads
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -99,20 +100,24 @@ class ControlStage:
             self._thread.join(timeout)
             self._thread = None
 
+    def _count(self, key: str) -> None:
+        with self._counts_lock:
+            self.counts[key] += 1
+
     # -- intake (uplink thread: never block) ----------------------------------------------------------
     def on_message(self, suffix: str, payload: bytes) -> None:
         command = suffix.removeprefix("cmd/")
-        self.counts["received"] += 1
+        self._count("received")
         limit = self.agent.config.control.max_payload_bytes
         if len(payload) > limit:
-            self.counts["oversized"] += 1
+            self._count("oversized")
             message = f"payload of {len(payload)} bytes refused (control.max_payload_bytes = {limit})"
             self._send(None, command, False, message)
             return
         try:
             self.queue.put_nowait(Job(command, payload))
         except queue.Full:
-            self.counts["busy"] += 1
+            self._count("busy")
             message = f"busy: {self.queue.qsize()} commands are waiting; retry later"
             self._send(salvage_id(payload), command, False, message)
 
@@ -185,7 +190,7 @@ class ControlStage:
     def _send(
         self, request_id: str | None, command: str, ok: bool, message: str, data: dict[str, Any] | None = None
     ) -> bool:
-        self.counts["ok" if ok else "error"] += 1
+        self._count("ok" if ok else "error")
         if not ok:
             log.warning("cmd/%s %s: %s", command, request_id, message)
         body = reply(request_id, command, ok, message, data, node=self.agent.config.node.id)
@@ -197,7 +202,7 @@ class ControlStage:
         return accepted
 
     def _rule_snapshot(self, job: RuleSnapshot) -> None:
-        self.counts["rule_snapshots"] += 1
+        self._count("rule_snapshots")
         request = job.request
         try:
             self.snapshots.take(

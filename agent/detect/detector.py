@@ -14,7 +14,7 @@ import numpy as np
 
 from agent.detect.card import CardError, ModelCard, find_card
 from agent.detect.decoders import DECODERS, nms
-from agent.detect.preprocess import letterbox
+from agent.detect.preprocess import InputWriter, Letterbox
 
 log = logging.getLogger(__name__)
 
@@ -49,46 +49,64 @@ class Detector(abc.ABC):
         return {"name": self.card.name, "sha256": self.sha256}
 
 
-def session_options(threads: int):
-    """onnxruntime options chosen for a small ARM/x86 board running one model."""
+ARM = {"aarch64", "arm64", "armv7l"}
+
+
+def session_options(threads: int, *, spinning: bool = False, xnnpack: bool = False):
+    """onnxruntime options for a small ARM/x86 board running one model next to capture and uplink.
+
+    Full graph optimisation (it includes the NCHWc layout rewrite: about 2× faster than the basic
+    level for YOLOX-Nano on x86, bench/pipeline.py). Worker threads do not spin between operators
+    unless asked: spinning bought up to ~20 % more frames/s on idle cores but cost ~25 % more CPU per
+    frame, and nothing when the capture thread was decoding (bench/README.md). With XNNPACK the
+    provider brings its own thread pool, so onnxruntime's own pool stays at one thread, as the
+    XNNPACK provider's documentation recommends.
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
+    opts.intra_op_num_threads = 1 if xnnpack else threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.enable_cpu_mem_arena = True
     opts.enable_mem_pattern = True
     opts.log_severity_level = 3  # warnings from old exports (initializers as inputs) are noise here
-    # Worker threads spin after a run by default; on a shared 4-core Pi that steals CPU from capture.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning and not xnnpack else "0")
     return opts
 
 
-def providers() -> list[str]:
-    import onnxruntime as ort
+def providers(
+    threads: int, *, available: list[str] | None = None, machine: str | None = None
+) -> list[str | tuple[str, dict[str, str]]]:
+    """Execution providers in order of preference: XNNPACK on ARM when this build has it, then the CPU.
 
-    available = ort.get_available_providers()
-    chosen = []
-    if "XnnpackExecutionProvider" in available and platform.machine().lower() in {
-        "aarch64",
-        "arm64",
-        "armv7l",
-    }:
-        chosen.append("XnnpackExecutionProvider")
+    XNNPACK's NEON kernels are what make float convolutions fast on a Pi; builds without it (the
+    PyPI wheels today) fall back to the default CPU provider, which is also what runs any operator
+    XNNPACK does not take.
+    """
+    if available is None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+    arch = (machine or platform.machine()).lower()
+    chosen: list[str | tuple[str, dict[str, str]]] = []
+    if "XnnpackExecutionProvider" in available and arch in ARM:
+        chosen.append(("XnnpackExecutionProvider", {"intra_op_num_threads": str(threads)}))
     chosen.append("CPUExecutionProvider")
     return chosen
 
 
-def open_session(model: Path | bytes, threads: int):
+def open_session(model: Path | bytes, threads: int, *, spinning: bool = False):
     import onnxruntime as ort
 
+    chosen = providers(threads)
+    xnnpack = any(isinstance(p, tuple) and p[0] == "XnnpackExecutionProvider" for p in chosen)
     try:
         return ort.InferenceSession(
             model if isinstance(model, bytes) else str(model),
-            sess_options=session_options(threads),
-            providers=providers(),
+            sess_options=session_options(threads, spinning=spinning, xnnpack=xnnpack),
+            providers=chosen,
         )
     except Exception as exc:  # onnxruntime raises its own exception types for corrupt/unsupported files
         name = "model bytes" if isinstance(model, bytes) else str(model)
@@ -110,6 +128,7 @@ class OnnxDetector(Detector):
         classes: list[str] | None = None,
         min_box_area: float = 0.0,
         threads: int = 2,
+        spinning: bool = False,
     ) -> None:
         self.path = path
         self.card = card
@@ -117,25 +136,17 @@ class OnnxDetector(Detector):
         self.score_threshold = score_threshold
         self.nms_iou = nms_iou
         self.min_box_area = min_box_area
-        self._session = session if session is not None else open_session(path, threads)
+        self._session = session if session is not None else open_session(path, threads, spinning=spinning)
         inputs = self._session.get_inputs()
         self._input_name = card.input.name or inputs[0].name
         if self._input_name not in {i.name for i in inputs}:
             raise CardError(f"model {path.name} has no input named {self._input_name!r} (card says so)")
         self._decode = DECODERS[card.output.decoder]
-        spec = card.input
-        shape = (1, 3, spec.height, spec.width) if spec.layout == "NCHW" else (1, spec.height, spec.width, 3)
-        self._tensor = np.zeros(shape, np.float32)
-        self._canvas = np.empty((spec.height, spec.width, 3), np.uint8)
-        self._normalise = spec.scale != 1.0 or any(spec.mean) or any(s != 1.0 for s in spec.std)
-        self._mean = np.array(spec.mean, np.float32).reshape(self._channel_shape())
-        self._std = np.array(spec.std, np.float32).reshape(self._channel_shape())
+        self._writer = InputWriter(card.input)
+        self._tensor = self._writer.tensor
         self.set_classes(classes)
         self.inference_ms: deque[float] = deque(maxlen=256)
         self.frames = 0
-
-    def _channel_shape(self) -> tuple[int, ...]:
-        return (1, 3, 1, 1) if self.card.input.layout == "NCHW" else (1, 1, 1, 3)
 
     def set_classes(self, classes: list[str] | None) -> None:
         """Restrict output to these labels (None or empty: all); unknown labels are ignored with a warning."""
@@ -148,26 +159,9 @@ class OnnxDetector(Detector):
             log.debug("model %s has no labels %s; ignoring them", self.card.name, ", ".join(unknown))
         self._allowed = np.array([label in classes for label in self.card.labels], bool)
 
-    def prepare(self, image: np.ndarray):
-        spec = self.card.input
-        canvas, placement = letterbox(
-            image,
-            spec.width,
-            spec.height,
-            centre=spec.letterbox == "centre",
-            pad_value=spec.pad_value,
-            out=self._canvas,
-        )
-        pixels = canvas[..., ::-1] if spec.color == "RGB" else canvas
-        if spec.layout == "NCHW":
-            np.copyto(self._tensor[0], pixels.transpose(2, 0, 1), casting="unsafe")
-        else:
-            np.copyto(self._tensor[0], pixels, casting="unsafe")
-        if self._normalise:
-            self._tensor *= spec.scale
-            self._tensor -= self._mean
-            self._tensor /= self._std
-        return placement
+    def prepare(self, image: np.ndarray) -> Letterbox:
+        """Write `image` into the input tensor; returns how it was placed (to map boxes back)."""
+        return self._writer(image)
 
     def run(self) -> list[np.ndarray]:
         return self._session.run(None, {self._input_name: self._tensor})
@@ -210,6 +204,7 @@ def load_detector(
     classes: list[str] | None = None,
     min_box_area: float = 0.0,
     threads: int = 2,
+    spinning: bool = False,
 ) -> OnnxDetector:
     """Open a model file with its card; raises CardError with a user-facing message."""
     model_path = Path(path)
@@ -225,4 +220,5 @@ def load_detector(
         classes=classes,
         min_box_area=min_box_area,
         threads=threads,
+        spinning=spinning,
     )

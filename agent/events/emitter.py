@@ -77,6 +77,8 @@ class JsonLinesOutput:
                 self._fh.close()
                 self._fh = None
 
+    stop = close  # a stage of the agent: closed with the others
+
 
 class ThumbnailFiles:
     """Keeps committed thumbnails as files under <state_dir>/thumbs, bounded in count and age.

@@ -48,7 +48,9 @@ STEPS = ("requery", "radio_cycle", "reset", "power_cycle")
 _URC_QUEUE = 256
 
 
-def shell_power_cycle(command: str, timeout_s: float, stop: threading.Event | None = None) -> Callable[[], bool]:
+def shell_power_cycle(
+    command: str, timeout_s: float, stop: threading.Event | None = None
+) -> Callable[[], bool]:
     """The configured power-cycle command (GPIO line, USB hub port) as a callable.
 
     It runs in its own process group and is killed on timeout or when `stop` is set, so a stuck
@@ -109,12 +111,15 @@ class LinkSupervisor:
         self._opener = opener or (lambda: open_port(config.port, config.baudrate))
         self._stop = threading.Event()
         if power_cycle is None and config.power_cycle_command:
-            power_cycle = shell_power_cycle(config.power_cycle_command, config.power_cycle_timeout_s, self._stop)
+            power_cycle = shell_power_cycle(
+                config.power_cycle_command, config.power_cycle_timeout_s, self._stop
+            )
         self._power_cycle = power_cycle
         self._gnss_via_modem = gnss_via_modem
         self._users_probe = users_probe
         self._mm_probe = mm_probe
         self._wake = threading.Event()
+        self._reset_requested = False
         self._thread: threading.Thread | None = None
         self._lock = threading.RLock()  # guards the published state below
         self._changed = threading.Condition(self._lock)  # notified whenever the state may have moved
@@ -181,6 +186,18 @@ class LinkSupervisor:
         """Poll now instead of at the next interval."""
         self._wake.set()
 
+    def request_reset(self) -> None:
+        """Ask for a full modem reset (the control plane's `modem/reset`); the supervisor thread runs it,
+        counted and noted like a recovery step. Raises RuntimeError when it cannot be done now."""
+        if self.config.mode != "managed":
+            raise RuntimeError("modem.mode is monitor: the agent does not write to the modem")
+        if self._at is None:
+            raise RuntimeError(
+                f"the modem is not reachable ({self.status().get('state')}); the supervisor keeps retrying"
+            )
+        self._reset_requested = True
+        self._wake.set()
+
     def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any] | None:
         """Block until status() satisfies `predicate`; the status, or None on timeout."""
         deadline = time.monotonic() + timeout
@@ -234,6 +251,14 @@ class LinkSupervisor:
                 reopen_wait = first_wait
                 next_poll = 0.0
             self._drain_urcs()
+            if self._reset_requested:
+                self._reset_requested = False
+                self._counts["reset"] += 1
+                self._note("reset", "requested")
+                try:
+                    self._run_step("reset")
+                except (AtTimeout, PortClosed, AtError) as exc:
+                    log.warning("requested reset failed: %s", exc)
             now = time.monotonic()
             if self._poll_soon:
                 self._poll_soon = False
@@ -275,7 +300,9 @@ class LinkSupervisor:
             reason = str(exc) if cfg.port in str(exc) else f"cannot open {cfg.port}: {exc}"
             self._set_state("absent", reason)
             return False
-        at = AtEngine(port, name=self.name, default_timeout_s=cfg.command_timeout_s, on_closed=self._on_closed)
+        at = AtEngine(
+            port, name=self.name, default_timeout_s=cfg.command_timeout_s, on_closed=self._on_closed
+        )
         at.add_urc_listener(self._on_urc)
         at.start()
         self._at = at
@@ -356,7 +383,9 @@ class LinkSupervisor:
             resp = self._try(command)
             if resp is None:
                 return ""
-            lines = [ln.split(":", 1)[1].strip() if ln.startswith("+") and ":" in ln else ln for ln in resp.lines]
+            lines = [
+                ln.split(":", 1)[1].strip() if ln.startswith("+") and ":" in ln else ln for ln in resp.lines
+            ]
             return lines[0].strip() if lines else ""
 
         manufacturer, model = text("AT+CGMI"), text("AT+CGMM")
@@ -373,7 +402,9 @@ class LinkSupervisor:
                 "vendor": vendor.name,
             }
         if changed:
-            log.info("modem: %s %s (firmware %s), vendor support: %s", manufacturer, model, firmware, vendor.name)
+            log.info(
+                "modem: %s %s (firmware %s), vendor support: %s", manufacturer, model, firmware, vendor.name
+            )
 
     def _read_sim(self) -> str:
         """READY, SIM PIN, SIM PUK, …, or MISSING / ERROR."""
@@ -394,7 +425,12 @@ class LinkSupervisor:
 
     def _unlock_sim(self) -> None:
         state = self._read_sim()
-        if state == "SIM PIN" and self.config.mode == "managed" and self.config.pin and not self._pin_rejected:
+        if (
+            state == "SIM PIN"
+            and self.config.mode == "managed"
+            and self.config.pin
+            and not self._pin_rejected
+        ):
             assert self._at is not None
             log.info("SIM asks for its PIN; entering the configured PIN")
             try:
@@ -466,7 +502,12 @@ class LinkSupervisor:
                 if self._unresponsive:
                     return
             sim = self._read_sim()
-            if sim == "SIM PIN" and self.config.pin and not self._pin_rejected and self.config.mode == "managed":
+            if (
+                sim == "SIM PIN"
+                and self.config.pin
+                and not self._pin_rejected
+                and self.config.mode == "managed"
+            ):
                 self._unlock_sim()
                 sim = self._read_sim()
             if sim == "READY" and self._setup_sim_state != "READY":
@@ -602,13 +643,19 @@ class LinkSupervisor:
             state, message = "sim_missing", "no SIM card detected"
         elif sim in ("SIM PIN", "SIM PUK", "PH-SIM PIN"):
             if self._pin_rejected:
-                message = "the SIM rejected the configured PIN; fix modem.pin (not retried, to avoid a PUK lock)"
+                message = (
+                    "the SIM rejected the configured PIN; fix modem.pin (not retried, to avoid a PUK lock)"
+                )
             elif sim == "SIM PIN" and not self.config.pin:
                 message = "the SIM needs a PIN: set modem.pin"
             elif sim == "SIM PIN" and self.config.mode != "managed":
                 message = "the SIM needs its PIN (monitor mode does not enter it)"
             else:
-                message = f"the SIM is locked ({sim}); it needs a PUK from the operator" if sim == "SIM PUK" else sim
+                message = (
+                    f"the SIM is locked ({sim}); it needs a PUK from the operator"
+                    if sim == "SIM PUK"
+                    else sim
+                )
             state = "sim_locked"
         elif sim not in (None, "READY"):
             state, message = "sim_error", f"SIM state {sim}"
@@ -706,7 +753,9 @@ class LinkSupervisor:
         self._counts[step] += 1
         self._outage_step = step
         self._last_step = {"step": step, "mono": round(now, 3)}
-        log.warning("modem link down for %.0fs (%s): recovery step %s", now - self._down_since, self._state, step)
+        log.warning(
+            "modem link down for %.0fs (%s): recovery step %s", now - self._down_since, self._state, step
+        )
         self._note(step, self._state)
         try:
             self._run_step(step)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from pydantic import TypeAdapter
 
 from agent.config.privacy import Mask
 from agent.config.schema import Config
+from agent.fsutil import atomic_write
 from agent.privacy import open_audit
 from agent.privacy.audit import AuditLog
 from agent.privacy.faces import FaceDetector, FaceModelError, load_face_detector
@@ -103,7 +103,9 @@ class PrivacyStage:
 
         Raises pydantic's ValidationError (nothing changes) when a mask is invalid.
         """
-        validated = _MASKS.validate_python([m.model_dump() if isinstance(m, Mask) else dict(m) for m in masks])
+        validated = _MASKS.validate_python(
+            [m.model_dump() if isinstance(m, Mask) else dict(m) for m in masks]
+        )
         before = self.redactor.masks.names
         current = self.redactor.set_masks(validated)
         self.audit.record("masks.update", actor, {"before": before, "after": current.names})
@@ -123,9 +125,7 @@ class PrivacyStage:
             return None
 
     def _save_state(self, state: dict[str, Any]) -> None:
-        tmp = self._state_path().with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, self._state_path())
+        atomic_write(self._state_path(), json.dumps(state, sort_keys=True).encode(), mode=0o640)
 
 
 def load_faces(config: Config, state_dir: Path | None) -> FaceDetector | None:
@@ -138,7 +138,9 @@ def load_faces(config: Config, state_dir: Path | None) -> FaceDetector | None:
         return load_face_detector(faces.model, state_dir, score_threshold=faces.score_threshold)
     except FaceModelError as exc:
         log.warning(
-            "face redaction model unavailable (%s); applying the %s fallback to every image", exc, faces.fallback
+            "face redaction model unavailable (%s); applying the %s fallback to every image",
+            exc,
+            faces.fallback,
         )
         return None
 
@@ -164,4 +166,3 @@ def build(agent: Any, running: Any) -> PrivacyStage:
     running.pipeline.thumbnailer = redactor
     audit = open_audit(running.state_dir, config.privacy.audit, running.clock)
     return PrivacyStage(config, redactor, audit, model=running.detector.info(), state_dir=running.state_dir)
-

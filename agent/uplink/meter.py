@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import threading
 import time
 from collections import deque
@@ -86,25 +88,41 @@ class LinkMeter:
 
 
 class ByteBudget:
-    """Configured caps: a token bucket for bytes/s and a rolling 24-hour allowance.
+    """Configured caps: a token bucket for bytes/s and a daily allowance.
 
-    The day is measured in spool uptime (monotonic across reboots), so a clock jump neither
-    refills nor exhausts it.
+    The day is a 24-hour window of spool uptime (monotonic across reboots) that starts again when it
+    ends, so a clock jump neither refills nor exhausts it; what was spent is persisted in the spool so
+    a restart does not hand out a fresh allowance either.
     """
 
-    def __init__(self, per_second: float | None, per_day: int | None, uptime) -> None:
+    SAVE_EVERY_S = 10.0
+
+    def __init__(self, per_second: float | None, per_day: int | None, uptime, store=None) -> None:
         self.per_second = per_second
         self.per_day = per_day
         self._uptime = uptime
+        self._store = store  # a Spool (put_meta/get_meta), or None
         self._tokens = per_second * 2 if per_second else 0.0
         self._stamp = time.monotonic()
         self._day_start = uptime()
         self.spent_today = 0
+        self._saved_at = 0.0
+        if store is not None and (saved := store.get_meta("budget.day")):
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                state = json.loads(saved)
+                self._day_start, self.spent_today = float(state["start"]), int(state["spent"])
 
     def _roll_day(self) -> None:
         if self._uptime() - self._day_start >= 86400:
             self._day_start = self._uptime()
             self.spent_today = 0
+
+    def save(self) -> None:
+        if self._store is not None:
+            self._store.put_meta(
+                "budget.day", json.dumps({"start": self._day_start, "spent": self.spent_today})
+            )
+            self._saved_at = time.monotonic()
 
     def day_fraction(self) -> float:
         self._roll_day()
@@ -131,6 +149,8 @@ class ByteBudget:
         self.spent_today += size
         if self.per_second:
             self._tokens -= size
+        if self.per_day and time.monotonic() - self._saved_at > self.SAVE_EVERY_S:
+            self.save()
 
 
 def degrade_jpeg(jpeg: bytes, *, scale: float = 0.5, quality: int = 50) -> bytes | None:

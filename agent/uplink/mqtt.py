@@ -58,16 +58,29 @@ class BrokerUrl:
     def parse(cls, url: str) -> BrokerUrl:
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise UplinkError(f"broker URL {url!r} must look like mqtt://host:port or mqtts://host:port")
+            raise UplinkError(
+                f"broker URL {_hide_userinfo(url)!r} must look like mqtt://host:port or mqtts://host:port"
+            )
+        if parts.username or parts.password:
+            raise UplinkError(
+                "put MQTT credentials in uplink.username / uplink.password_file, not in the broker URL"
+            )
         tls = parts.scheme == "mqtts"
         try:
             port = parts.port or (8883 if tls else 1883)
         except ValueError:
-            raise UplinkError(f"broker URL {url!r} has an invalid port") from None
+            raise UplinkError(f"broker URL {_hide_userinfo(url)!r} has an invalid port") from None
         return cls(parts.hostname, port, tls)
 
     def __str__(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+def _hide_userinfo(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url
 
 
 @dataclass
@@ -105,7 +118,7 @@ class MqttPublisher:
             check_hostname  # off only behind the local link-profile proxy (chain still verified)
         )
         self.meter = LinkMeter()
-        self.budget = ByteBudget(cfg.max_bytes_per_s, cfg.max_bytes_per_day, spool.uptime)
+        self.budget = ByteBudget(cfg.max_bytes_per_s, cfg.max_bytes_per_day, spool.uptime, store=spool)
         self._password = self._read_password()
         self._check_tls_files()
         self._stop = threading.Event()
@@ -182,6 +195,8 @@ class MqttPublisher:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        if self.cfg.max_bytes_per_day:
+            self.budget.save()
 
     def status(self) -> dict[str, Any]:
         return {
@@ -374,8 +389,6 @@ class MqttPublisher:
         now_uptime = self.spool.uptime()
         for record in records:
             payload, props = self._payload_for(record, now_uptime, rate)
-            if payload is None:
-                continue
             critical = record.priority == Priority.CRITICAL
             if not self.budget.allows(len(payload), critical, record.priority <= Priority.EVENT):
                 break  # highest priority first: if this one must wait, so must everything after it
@@ -394,7 +407,7 @@ class MqttPublisher:
 
     def _payload_for(
         self, record: Record, now_uptime: float, rate: float | None
-    ) -> tuple[bytes | None, Properties | None]:
+    ) -> tuple[bytes, Properties | None]:
         payload = record.payload
         props = None
         historical = now_uptime - record.accepted_uptime > self.historical_after_s

@@ -114,7 +114,16 @@ class SpoolLimits:
 
 
 class SpoolCorrupt(Exception):
-    pass
+    """The file is damaged (SQLite says corrupt / not a database, or the integrity check fails)."""
+
+
+class SpoolUnavailable(Exception):
+    """The spool cannot be opened for another reason (locked by another process, disk full, I/O
+    error); the file may be fine, so it is left alone and the agent refuses to start."""
+
+
+# SQLite result codes that mean the file itself is damaged (anything else may be transient)
+_DAMAGED = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 
 
 def _encode(body: dict[str, Any]) -> bytes:
@@ -170,6 +179,7 @@ class Spool:
         self._acks: set[int] = set()  # acknowledged, deleted at the next commit
         self._acks_unmarked: list[int] = []  # acknowledged, not yet in the in-memory temp.skip table
         self._drops_pending: set[tuple[int, str]] = set()
+        self._meta_pending: dict[str, str] = {}  # small state other stages persist with the next commit
         self._mark_uptimes: list[float] = []  # per commit: accepted_uptime and first rowid
         self._mark_rowids: list[int] = []
         self._next_rowid_hint = 1 << 62  # no commit yet in this run: everything stored is backlog
@@ -186,8 +196,10 @@ class Spool:
         self._counts: dict[Priority, int] = dict.fromkeys(Priority, 0)
         self._bytes_by: dict[Priority, int] = dict.fromkeys(Priority, 0)
         self._drops_unsaved: dict[tuple[Priority, str], list[int]] = {}
+        self._drops_saving: dict[tuple[Priority, str], list[int]] = {}  # written, not yet committed
         self.recovered_from: Path | None = None
         self._housekeeping_runs = 0
+        self._connect_timeout = 10.0  # seconds to wait for a lock held by another process
         self.bytes_written = 0  # payload bytes committed this run (SD wear accounting)
         self.commits = 0
 
@@ -210,6 +222,9 @@ class Spool:
         with self._cond:
             self._cond.notify_all()
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("spool committer did not stop within %.1fs; leaving the database open", timeout)
+            return
         self._thread = None
         with self._lock:
             if self._db is not None:
@@ -227,7 +242,9 @@ class Spool:
         self.stop()
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
+        db = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=self._connect_timeout
+        )
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA temp_store=MEMORY")
@@ -264,7 +281,15 @@ class Spool:
             db.execute("INSERT OR IGNORE INTO meta VALUES ('created_wall', ?)", (str(self._wall()),))
             return db
         except sqlite3.DatabaseError as exc:
-            raise SpoolCorrupt(str(exc)) from None
+            code = getattr(exc, "sqlite_errorcode", None)
+            if code is not None and code & 0xFF in _DAMAGED:
+                raise SpoolCorrupt(str(exc)) from None
+            hint = (
+                " (is another agent using the same state directory?)"
+                if code is not None and code & 0xFF == 5
+                else ""
+            )
+            raise SpoolUnavailable(f"cannot open spool {self.path}: {exc}{hint}") from None
 
     def _replace_corrupt(self, reason: str) -> sqlite3.Connection:
         """Move a damaged spool aside (never delete it), keep its counters if readable, start afresh."""
@@ -285,21 +310,26 @@ class Spool:
         return db
 
     def _salvage_counters(self) -> dict[str, int]:
+        """The seq counters of a damaged spool, as far as they can still be read, so seq continues
+        (consumers then see a gap for what was lost instead of seq starting again at 1)."""
+        found: dict[str, int] = {}
         try:
             db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
-            try:
-                rows = db.execute("SELECT stream, seq FROM counters").fetchall()
-                top = db.execute(
-                    "SELECT stream, MAX(seq) FROM records WHERE seq IS NOT NULL GROUP BY stream"
-                ).fetchall()
-            finally:
-                db.close()
         except sqlite3.Error:
-            return {}
-        found = {s: int(q) for s, q in rows}
-        for s, q in top:
-            if q is not None:
-                found[s] = max(found.get(s, 0), int(q))
+            return found
+        try:
+            for query in (
+                "SELECT stream, seq FROM counters",
+                "SELECT stream, MAX(seq) FROM records WHERE seq IS NOT NULL GROUP BY stream",
+            ):
+                try:  # each on its own: a damaged records table must not hide intact counters
+                    for stream, seq in db.execute(query):
+                        if seq is not None:
+                            found[stream] = max(found.get(stream, 0), int(seq))
+                except sqlite3.Error:
+                    continue
+        finally:
+            db.close()
         return found
 
     def _load_state(self) -> None:
@@ -345,6 +375,14 @@ class Spool:
         group = list(group)
         if not group:
             return True
+        for item in group:
+            if not isinstance(item.body, bytes):
+                try:
+                    _encode(item.body)
+                except (TypeError, ValueError) as exc:  # refuse it here: the committer must never choke
+                    self._count_drop(item.priority, "unencodable", 0)
+                    log.error("record for %s refused: not JSON-serialisable (%s)", item.topic, exc)
+                    return False
         size = sum(o.approx_size for o in group)
         if size > self.limits.max_record_bytes:
             self._count_drop(group[0].priority, "too_large", size)
@@ -399,6 +437,21 @@ class Spool:
                 timeout,
             )
 
+    def put_meta(self, key: str, value: str) -> None:
+        """Persist a small piece of another stage's state with the next commit (no write of its own)."""
+        with self._cond:
+            self._meta_pending[key] = value
+            self._cond.notify_all()
+
+    def get_meta(self, key: str) -> str | None:
+        with self._cond:
+            if key in self._meta_pending:
+                return self._meta_pending[key]
+        with self._lock:
+            assert self._db is not None
+            row = self._db.execute("SELECT value FROM meta WHERE key=?", (f"x.{key}",)).fetchone()
+        return row[0] if row else None
+
     def wait_drained(self, timeout: float) -> bool:
         """Wait until nothing is queued, spooled or awaiting deletion (everything was delivered)."""
         with self._cond:
@@ -443,8 +496,7 @@ class Spool:
         boundary = self._rowid_since(live_since) if live_since is not None else None
         chosen: list[Record] = []
         with self._lock:
-            # taken under _lock: a commit deleting these rows (and freeing their rowids for reuse by new
-            # records) cannot slip between taking them and hiding them
+            # taken under _lock, so a commit deleting these rows cannot slip between taking and hiding them
             with self._cond:
                 unmarked, self._acks_unmarked = self._acks_unmarked, []
             if unmarked:  # acknowledged rows stay hidden until the commit that deletes them
@@ -504,33 +556,38 @@ class Spool:
     # -- committer ------------------------------------------------------------------------------
     def _run(self) -> None:
         last_housekeeping = 0.0
+        failures = 0
         while True:
             with self._cond:
                 self._wait_for_work()
                 groups, self._pending, self._pending_bytes = self._pending, [], 0
                 acks, self._acks = self._acks, set()
                 drops, self._drops_pending = self._drops_pending, set()
+                meta, self._meta_pending = self._meta_pending, {}
                 self._urgent = False
                 stopping = self._stop.is_set()
-            try:
-                records = self._commit(groups, acks, drops)
+            records, leftover, error = self._commit(groups, acks, drops, meta)
+            if error is None:
+                failures = 0
                 now = time.monotonic()
                 if now - last_housekeeping > 30.0 or stopping:
-                    self._housekeeping()
+                    try:
+                        self._housekeeping()
+                    except Exception:  # housekeeping must never stop commits
+                        log.exception("spool housekeeping failed")
                     last_housekeeping = now
-            except sqlite3.Error:
-                log.exception("spool commit failed; will retry")
-                with self._cond:  # keep what we had: requeue in front
-                    self._pending[:0] = groups
-                    self._pending_bytes += sum(o.approx_size for g in groups for o in g)
-                    self._acks |= acks
-                    self._drops_pending |= drops
-                if not stopping:
-                    self._stop.wait(1.0)
-                records = None
+            else:
+                failures += 1
+                log.error("spool commit failed (%s); %d group(s) kept for the next try", error, len(leftover))
+                with self._cond:  # keep what was not committed, in front of anything newer
+                    self._pending[:0] = leftover
+                    self._pending_bytes += sum(o.approx_size for g in leftover for o in g)
+                    if not records:
+                        self._acks |= acks
+                        self._drops_pending |= drops
+                        self._meta_pending = {**meta, **self._meta_pending}
             with self._cond:
-                if records is not None:
-                    self._settled += len(groups)
+                self._settled += len(groups) - len(leftover)
                 self._generation += 1
                 self._cond.notify_all()
             for listener in self._listeners:
@@ -541,15 +598,20 @@ class Spool:
                     log.exception("spool listener %r failed", listener)
             if stopping:
                 with self._cond:
-                    if not self._pending and not self._acks and not self._drops_pending:
-                        return
+                    idle = not (self._pending or self._acks or self._drops_pending or self._meta_pending)
+                if idle or failures >= 3:
+                    if not idle:
+                        log.error("spool stopping with %d uncommitted group(s)", len(self._pending))
+                    return
+            if error is not None:
+                self._stop.wait(0.2 if stopping else 1.0)
 
     def _wait_for_work(self) -> None:
         """Group commits: once something is queued, wait out the commit interval (critical records and
         flush() cut it short); when idle, wake every second for housekeeping."""
         first_seen: float | None = None
         while not self._stop.is_set() and not self._urgent:
-            busy = bool(self._pending or self._acks or self._drops_pending)
+            busy = bool(self._pending or self._acks or self._drops_pending or self._meta_pending)
             now = time.monotonic()
             if not busy:
                 if first_seen is None and not self._cond.wait(1.0):
@@ -563,13 +625,21 @@ class Spool:
             self._cond.wait(remaining)
 
     def _commit(
-        self, groups: list[list[Outgoing]], acks: set[int], drops: set[tuple[int, str]]
-    ) -> list[Record]:
-        """Write queued groups in transactions of at most `_batch_limit` bytes (the WAL stays small)."""
+        self,
+        groups: list[list[Outgoing]],
+        acks: set[int],
+        drops: set[tuple[int, str]],
+        meta: dict[str, str] | None = None,
+    ) -> tuple[list[Record], list[list[Outgoing]], Exception | None]:
+        """Write queued groups in transactions of at most `_batch_limit` bytes (the WAL stays small).
+
+        Returns the committed records, the groups not committed (when a transaction failed), and
+        the error; committed transactions are never repeated, so a failure cannot duplicate events.
+        """
         committed: list[Record] = []
+        chunks: list[list[list[Outgoing]]] = []
         chunk: list[list[Outgoing]] = []
         chunk_bytes = 0
-        chunks: list[list[list[Outgoing]]] = []
         for group in groups:
             size = sum(disk_cost(o.approx_size) for o in group)
             if chunk and chunk_bytes + size > self._batch_limit:
@@ -577,16 +647,21 @@ class Spool:
                 chunk, chunk_bytes = [], 0
             chunk.append(group)
             chunk_bytes += size
-        if chunk or acks or drops:
+        if chunk or acks or drops or meta:
             chunks.append(chunk)
         for index, part in enumerate(chunks):
-            committed += self._commit_chunk(
-                part, acks if index == 0 else set(), drops if index == 0 else set()
-            )
-        return committed
+            try:
+                first = index == 0
+                committed += self._commit_chunk(
+                    part, acks if first else set(), drops if first else set(), (meta or {}) if first else {}
+                )
+            except Exception as exc:  # sqlite errors, and anything unforeseen: keep the thread alive
+                leftover = [g for later in chunks[index:] for g in later]
+                return committed, leftover, exc
+        return committed, [], None
 
     def _commit_chunk(
-        self, groups: list[list[Outgoing]], acks: set[int], drops: set[tuple[int, str]]
+        self, groups: list[list[Outgoing]], acks: set[int], drops: set[tuple[int, str]], meta: dict[str, str]
     ) -> list[Record]:
         committed: list[Record] = []
         uptime = self.uptime()
@@ -600,10 +675,12 @@ class Spool:
                 if acks:
                     self._delete_rows(sorted(acks), reason=None)
                     db.executemany("DELETE FROM temp.skip WHERE rowid=?", [(r,) for r in acks])
-                    with self._cond:  # deleted rowids are reused by new records: never hide them later
+                    with self._cond:  # gone now: no need to hide them any more
                         self._acks_unmarked = [r for r in self._acks_unmarked if r not in acks]
                 for rowid, reason in drops:
                     self._delete_rows([rowid], reason=reason)
+                for key, value in meta.items():
+                    db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"x.{key}", value))
                 for group in groups:
                     group_id = new_id()
                     for index, item in enumerate(group):
@@ -619,7 +696,9 @@ class Spool:
             except BaseException:
                 db.execute("ROLLBACK")
                 self._recount()
+                self._restore_drops()
                 raise
+        self._drops_saving = {}
         # a record evicted in its own commit (the spool is full of higher priorities) was never accepted
         return [r for r in committed if r.rowid not in evicted]
 
@@ -721,15 +800,29 @@ class Spool:
         log.warning("spool dropped %d %s record(s) (%s, %d bytes)", count, prio.label, reason, size)
 
     def _save_drops(self) -> None:
+        """Write the counted drops inside the current transaction (kept until it commits)."""
         assert self._db is not None
         with self._cond:
             unsaved, self._drops_unsaved = self._drops_unsaved, {}
+            for key, (count, size) in unsaved.items():
+                entry = self._drops_saving.setdefault(key, [0, 0])
+                entry[0] += count
+                entry[1] += size
         for (prio, reason), (count, size) in unsaved.items():
             self._db.execute(
                 "INSERT INTO drops VALUES (?,?,?,?) ON CONFLICT(priority, reason) DO UPDATE SET "
                 "count=count+excluded.count, bytes=bytes+excluded.bytes",
                 (int(prio), reason, count, size),
             )
+
+    def _restore_drops(self) -> None:
+        """A transaction rolled back: its drop counts go back to the unsaved pile."""
+        with self._cond:
+            for key, (count, size) in self._drops_saving.items():
+                entry = self._drops_unsaved.setdefault(key, [0, 0])
+                entry[0] += count
+                entry[1] += size
+            self._drops_saving = {}
 
     # -- bounds ---------------------------------------------------------------------------------
     def _allowed_bytes(self) -> int:
@@ -807,10 +900,17 @@ class Spool:
             # keep the persisted uptime fresh even when idle, but write at most every ~5 minutes
             if expired or self._drops_unsaved or self._housekeeping_runs % 10 == 0:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._delete_rows(expired, reason="ttl")
-                self._save_drops()
-                self._save_uptime()
-                self._db.execute("COMMIT")
+                try:
+                    self._delete_rows(expired, reason="ttl")
+                    self._save_drops()
+                    self._save_uptime()
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    self._recount()
+                    self._restore_drops()
+                    raise
+                self._drops_saving = {}
             if self.disk_bytes() > self.limits.budget_bytes * 0.9:
                 self._db.execute("PRAGMA incremental_vacuum")
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -830,19 +930,53 @@ class Spool:
         return int(row[0]) if row else 0
 
     def stats(self) -> dict[str, Any]:
+        """Depth, bytes, oldest record and drops per class, from in-memory counters and indexed lookups
+        (status pages and telemetry call this often; it must not scan the table)."""
+        now = self.uptime()
+        with self._cond:
+            unsaved = {k: list(v) for k, v in self._drops_unsaved.items()}
+            for key, (count, size) in self._drops_saving.items():
+                entry = unsaved.setdefault(key, [0, 0])
+                entry[0] += count
+                entry[1] += size
+        classes: dict[str, Any] = {}
         with self._lock:
             assert self._db is not None
-            with self._cond:
-                unsaved = dict(self._drops_unsaved)
-            stats = _stats(self._db, self.uptime(), unsaved)
-        stats.update(
-            path=str(self.path),
-            bytes=self._bytes,
-            disk_bytes=self.disk_bytes(),
-            budget_bytes=self.limits.budget_bytes,
-            recovered_from=str(self.recovered_from) if self.recovered_from else None,
-        )
-        return stats
+            for prio in Priority:
+                oldest = self._db.execute(
+                    "SELECT accepted_uptime, accepted_wall FROM records WHERE priority=? ORDER BY rowid LIMIT 1",
+                    (int(prio),),
+                ).fetchone()
+                classes[prio.label] = {
+                    "depth": self._counts[prio],
+                    "bytes": self._bytes_by[prio],
+                    "oldest_age_s": round(max(0.0, now - oldest[0]), 1) if oldest else None,
+                    "oldest_accepted_wall": oldest[1] if oldest else None,
+                    "drops": _drops(self._db, prio, unsaved),
+                }
+            counters = dict(self._db.execute("SELECT stream, seq FROM counters"))
+        return {
+            "path": str(self.path),
+            "depth": sum(self._counts.values()),
+            "bytes": self._bytes,
+            "disk_bytes": self.disk_bytes(),
+            "budget_bytes": self.limits.budget_bytes,
+            "classes": classes,
+            "seq": counters,
+            "uptime_s": round(now, 1),
+            "recovered_from": str(self.recovered_from) if self.recovered_from else None,
+            "set_aside": self.set_aside(),
+        }
+
+    def set_aside(self) -> list[dict[str, Any]]:
+        """Damaged spools moved aside (kept for forensics, never deleted by the agent)."""
+        found = []
+        for path in sorted(self.path.parent.glob(f"{self.path.name}.corrupt-*")):
+            if path.name.endswith(("-wal", "-shm")):
+                continue
+            with contextlib.suppress(OSError):
+                found.append({"name": path.name, "bytes": path.stat().st_size})
+        return found
 
     @staticmethod
     def read_stats(path: Path) -> dict[str, Any]:
@@ -850,7 +984,7 @@ class Spool:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
         try:
             row = db.execute("SELECT value FROM meta WHERE key='uptime'").fetchone()
-            stats = _stats(db, float(row[0]) if row else 0.0, {})
+            stats = _stats(db, float(row[0]) if row else 0.0)
             (size,) = db.execute("SELECT COALESCE(SUM(cost), 0) FROM records").fetchone()
         finally:
             db.close()
@@ -863,33 +997,38 @@ class Spool:
         return stats
 
 
-def _stats(
-    db: sqlite3.Connection, now: float, unsaved: dict[tuple[Priority, str], list[int]]
-) -> dict[str, Any]:
+def _drops(
+    db: sqlite3.Connection, prio: Priority, unsaved: dict[tuple[Priority, str], list[int]]
+) -> dict[str, dict[str, int]]:
+    drops = {
+        reason: {"count": c, "bytes": b}
+        for reason, c, b in db.execute(
+            "SELECT reason, count, bytes FROM drops WHERE priority=?", (int(prio),)
+        )
+    }
+    for (p, reason), (c, b) in unsaved.items():
+        if p == prio:
+            cur = drops.setdefault(reason, {"count": 0, "bytes": 0})
+            cur["count"] += c
+            cur["bytes"] += b
+    return drops
+
+
+def _stats(db: sqlite3.Connection, now: float) -> dict[str, Any]:
+    """Stats straight from the file (another process's spool): aggregates are fine for a CLI."""
     per = {}
     for prio in Priority:
         row = db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(accepted_uptime), MIN(accepted_wall) "
+            "SELECT COUNT(*), COALESCE(SUM(cost), 0), MIN(accepted_uptime), MIN(accepted_wall) "
             "FROM records WHERE priority=?",
             (int(prio),),
         ).fetchone()
-        drops = {
-            reason: {"count": c, "bytes": b}
-            for reason, c, b in db.execute(
-                "SELECT reason, count, bytes FROM drops WHERE priority=?", (int(prio),)
-            )
-        }
-        for (p, reason), (c, b) in unsaved.items():
-            if p == prio:
-                cur = drops.setdefault(reason, {"count": 0, "bytes": 0})
-                cur["count"] += c
-                cur["bytes"] += b
         per[prio.label] = {
             "depth": row[0],
             "bytes": row[1],
             "oldest_age_s": round(max(0.0, now - row[2]), 1) if row[2] is not None else None,
             "oldest_accepted_wall": row[3],
-            "drops": drops,
+            "drops": _drops(db, prio, {}),
         }
     return {
         "depth": sum(v["depth"] for v in per.values()),

@@ -55,9 +55,13 @@ def build(agent: Agent, running: Running) -> UplinkStage | None:
     cfg = agent.config.uplink
     if not cfg.broker:
         return None
+    if cfg.link_profile and not agent.options.simulate:
+        # the proxy relaxes TLS hostname checks; it is a laptop tool, never a node setting
+        raise AgentError("uplink.link_profile is for `agent --simulate` only")
+    proxy = None
     try:
         broker = BrokerUrl.parse(cfg.broker)
-        proxy = runner = None
+        runner = None
         if cfg.link_profile:
             profile = load_profile(cfg.link_profile)
             proxy = LinkProxy((broker.host, broker.port)).start()
@@ -69,5 +73,7 @@ def build(agent: Agent, running: Running) -> UplinkStage | None:
             running.spool, cfg, agent.config.node.id, broker=broker, check_hostname=proxy is None
         )
     except (UplinkError, ProfileError) as exc:
+        if proxy is not None:
+            proxy.stop()
         raise AgentError(str(exc)) from None
     return UplinkStage(publisher, proxy, runner)

@@ -71,7 +71,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return self.server.app
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http %s: " + format, self.address_string(), *args)
+        # the request line may carry ?token=…: log the path without its query string
+        safe = [a.split("?", 1)[0] + (" …" if "?" in a else "") if isinstance(a, str) else a for a in args]
+        log.debug("http %s: " + format, self.address_string(), *safe)
 
     # -- access ------------------------------------------------------------------------------------
     def _presented_tokens(self, query: dict[str, list[str]]) -> tuple[list[str], str | None]:
