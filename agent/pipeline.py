@@ -48,7 +48,7 @@ class PipelineStats:
             "frames": self.frames,
             "detections": self.detections,
             "events": self.events,
-            "fps": round(self.frames / elapsed, 2),
+            "fps_since_start": round(self.frames / elapsed, 2),  # status adds windowed rates as "fps"
             "regions": {
                 "frames": self.region_frames,
                 "crops": self.region_crops,

@@ -156,8 +156,12 @@ def summary(values: Sequence[float], digits: int = 2) -> dict[str, Any]:
 
 
 def ratios(numerator: Sequence[float], denominator: Sequence[float]) -> dict[str, Any]:
-    """Per-round ratios (same round: same machine state), summarised."""
-    return summary([a / b for a, b in zip(numerator, denominator, strict=True) if b], 3)
+    """Per-round ratios (same round: same machine state), summarised, and the ratio of the best
+    rounds of each (the least disturbed run of each variant: noise only ever slows things down)."""
+    out = summary([a / b for a, b in zip(numerator, denominator, strict=True) if b], 3)
+    if numerator and denominator and max(denominator):
+        out["best"] = round(max(numerator) / max(denominator), 3)
+    return out
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

@@ -81,7 +81,7 @@ def breakdown(run: AgentRun, frames: FrameTimes) -> dict[str, Any]:
         rows.append(
             {
                 "total": run.acked[rowid] - captured,
-                "queue": start - captured,
+                "queue": max(0.0, start - captured),  # captured is rounded to the ms
                 "analysis": end - start,
                 "inference": inference / 1000.0,
                 "spool": run.committed[rowid] - end,

@@ -14,6 +14,8 @@ interleaved round by round in one run:
 - ``vigil``: the full agent pipeline on the same in-memory frames: CaptureStage (recorded source,
   every frame) → motion gate off → detector (preprocess, decode, class filter, NMS) → tracker →
   events → spool. Its ratio to ``bare_tuned`` is the pipeline's overhead; to ``bare`` the total.
+- ``vigil_spin``: the agent with ``detect.spin = true`` (2+ threads): like for like with ``bare``,
+  whose default session lets worker threads spin; ``cpu_ms_per_frame`` shows what spinning costs;
 - ``bare_file`` / ``vigil_file``: the same two with decoding from the file included (bare decodes
   serially in its loop; the agent decodes on its capture thread, as it does in production).
 
@@ -40,6 +42,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.capture import CaptureStage, Frame, FrameSource, VideoFileSource
+from agent.capture.opencv import shrink
 from agent.clock import Clock
 from agent.config.schema import Config
 from agent.detect import Detection, Detector, OnnxDetector, load_detector
@@ -47,7 +50,7 @@ from agent.detect.decoders import nms
 from agent.detect.detector import open_session
 from agent.detect.preprocess import letterbox
 from agent.events import EventEmitter, EventFactory
-from agent.motion import MotionGate
+from agent.motion import MotionGate, shrink_grey
 from agent.pipeline import Pipeline
 from agent.track import Tracker
 from agent.uplink.spool import Spool
@@ -208,6 +211,20 @@ def components(args: argparse.Namespace, frames: list[np.ndarray], folder: Path)
     cap.release()
     gate = MotionGate(cfg.motion)
     out["motion_gate"] = per_call_ms(gate.measure, frames)
+    # the gate's small grey copy, as it was made before (area-averaging the colour frame) and now
+    out["motion_shrink_before"] = per_call_ms(
+        lambda image: cv2.cvtColor(
+            cv2.resize(image, (160, 90), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY
+        ),
+        frames,
+    )
+    out["motion_shrink_vigil"] = per_call_ms(lambda image: shrink_grey(image, 160, 90), frames)
+    # a 1080p camera's analysis copy (1280 wide), before (one area step) and now
+    big = [cv2.resize(image, (1920, 1080), interpolation=cv2.INTER_LINEAR) for image in frames[:20]]
+    out["downscale_1080p_before"] = per_call_ms(
+        lambda image: cv2.resize(image, (1280, 720), interpolation=cv2.INTER_AREA), big
+    )
+    out["downscale_1080p_vigil"] = per_call_ms(lambda image: shrink(image, 1280, 720), big)
     tensor, canvas = np.empty((1, 3, 416, 416), np.float32), np.empty((416, 416, 3), np.uint8)
     out["preprocess_reference"] = per_call_ms(reference_blob, frames)
     out["preprocess_before"] = per_call_ms(lambda image: canvas_letterbox(tensor, canvas, image), frames)
@@ -251,35 +268,58 @@ def measure(args: argparse.Namespace, threads: int, frames: list[np.ndarray], fo
     cfg = Config()
     plain = default_session(args.model, threads)
     tuned = open_session(args.model, threads)
-    detector = load_detector(
-        args.model,
-        threads=threads,
-        classes=cfg.detect.classes,
-        score_threshold=cfg.detect.score_threshold,
-        nms_iou=cfg.detect.nms_iou,
-        min_box_area=cfg.detect.min_box_area,
-    )
-    agent = Agentlike(detector, folder)
+
+    def agent(spinning: bool) -> Agentlike:
+        detector = load_detector(
+            args.model,
+            threads=threads,
+            classes=cfg.detect.classes,
+            score_threshold=cfg.detect.score_threshold,
+            nms_iou=cfg.detect.nms_iou,
+            min_box_area=cfg.detect.min_box_area,
+            spinning=spinning,
+        )
+        return Agentlike(detector, folder)
+
+    vigil, vigil_spin = agent(False), agent(True)
     warm = frames[: min(10, len(frames))]
-    bare_memory(plain, warm), bare_memory(tuned, warm), agent.fps(MemorySource(warm), len(warm))
-    variants = {
+    bare_memory(plain, warm), bare_memory(tuned, warm), vigil.fps(MemorySource(warm), len(warm))
+    variants: dict[str, Callable[[], float]] = {
         "bare": lambda: bare_memory(plain, frames),
         "bare_tuned": lambda: bare_memory(tuned, frames),
-        "vigil": lambda: agent.fps(MemorySource(frames), len(frames)),
+        "vigil": lambda: vigil.fps(MemorySource(frames), len(frames)),
     }
+    if threads > 1:  # with one thread there are no workers to spin
+        vigil_spin.fps(MemorySource(warm), len(warm))
+        variants["vigil_spin"] = lambda: vigil_spin.fps(MemorySource(frames), len(frames))
     if args.file:
         variants["bare_file"] = lambda: bare_file(plain, args.video, len(frames), args.start)
-        variants["vigil_file"] = lambda: agent.fps(SeekingFileSource(args.video, args.start), len(frames))
-    runs = interleave(variants, args.rounds)
+        variants["vigil_file"] = lambda: vigil.fps(SeekingFileSource(args.video, args.start), len(frames))
+    cpu_ms: dict[str, list[float]] = {name: [] for name in variants}
+
+    def with_cpu(name: str, run: Callable[[], float]) -> Callable[[], float]:
+        def measured() -> float:
+            started = time.process_time()
+            fps = run()
+            cpu_ms[name].append((time.process_time() - started) * 1000.0 / len(frames))
+            return fps
+
+        return measured
+
+    runs = interleave({name: with_cpu(name, run) for name, run in variants.items()}, args.rounds)
     out: dict[str, Any] = {name: summary(values) for name, values in runs.items()}
     out["ratio_vigil_to_bare"] = ratios(runs["vigil"], runs["bare"])
     out["ratio_vigil_to_bare_tuned"] = ratios(runs["vigil"], runs["bare_tuned"])
     out["ratio_tuned_to_bare"] = ratios(runs["bare_tuned"], runs["bare"])
+    if "vigil_spin" in runs:
+        out["ratio_vigil_spin_to_bare"] = ratios(runs["vigil_spin"], runs["bare"])
     if args.file:
         out["ratio_vigil_file_to_bare_file"] = ratios(runs["vigil_file"], runs["bare_file"])
-    p50 = percentile(agent.inference_ms, 50)
+    # CPU time of the whole process per frame (all threads): what a node pays in heat for a frame/s
+    out["cpu_ms_per_frame"] = {name: summary(values, 1)["median"] for name, values in cpu_ms.items()}
+    p50 = percentile(vigil.inference_ms, 50)
     out["vigil_inference_ms_p50"] = round(p50, 2) if p50 is not None else None
-    out["vigil_events"] = agent.events
+    out["vigil_events"] = vigil.events
     out["runs_fps"] = {name: [round(v, 2) for v in values] for name, values in runs.items()}
     return out
 
@@ -288,11 +328,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--frames", type=int, default=150, help="frames per variant per round")
+    parser.add_argument("--frames", type=int, default=120, help="frames per variant per round")
     parser.add_argument(
         "--start", type=int, default=60, help="first frame of the clip used (a person enters at 70)"
     )
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--no-file", dest="file", action="store_false", help="skip the decode-included pair")
     parser.add_argument("--video", type=Path, default=CLIP)

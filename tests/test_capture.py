@@ -17,8 +17,9 @@ from agent.capture import (
     VideoFileSource,
     open_source,
 )
-from agent.capture.opencv import LiveCaptureSource, _redact_url
+from agent.capture.opencv import LiveCaptureSource
 from agent.capture.picamera import Picamera2Source
+from agent.urls import hide_userinfo
 from tests.conftest import CLIP, shared
 
 
@@ -72,7 +73,10 @@ def test_source_specs():
 
 
 def test_rtsp_credentials_never_reach_logs():
-    assert _redact_url("rtsp://admin:secret@10.0.0.5:554/s1") == "rtsp://***@10.0.0.5:554/s1"
+    stream = LiveCaptureSource("rtsp://admin:p@ss@10.0.0.5:554/s1")
+    assert stream.describe() == "rtsp://***@10.0.0.5:554/s1"
+    assert hide_userinfo("rtsp://10.0.0.5/live@main") == "rtsp://10.0.0.5/live@main"  # '@' in a path stays
+    assert hide_userinfo("mqtts://node:secret@broker:8883") == "mqtts://***@broker:8883"
 
 
 def test_synthetic_scene_is_deterministic():
@@ -169,3 +173,45 @@ def test_capture_stage_reconnects_a_lost_live_stream():
         stage.stop()
     assert states[:2] == ["lost", "recovered"]
     assert source.opens >= 2 and stage.reconnects >= 1
+
+
+class BlockedLive(FrameSource):
+    """A camera whose read hangs until released (a wedged V4L2 driver, a dead RTSP socket)."""
+
+    name = "blocked"
+    live = True
+    reconnectable = True
+
+    def __init__(self) -> None:
+        self.reading = threading.Event()
+        self.release = threading.Event()
+        self.closed = threading.Event()
+        self.read_in_progress_at_close = False
+
+    @property
+    def fps(self) -> float:
+        return 10.0
+
+    def open(self) -> None:
+        pass
+
+    def read(self) -> Frame | None:
+        self.reading.set()
+        self.release.wait()
+        self.reading.clear()
+        return None
+
+    def close(self) -> None:
+        self.read_in_progress_at_close = self.reading.is_set()
+        self.closed.set()
+
+
+def test_stop_never_closes_a_source_under_a_read_in_progress():
+    source = BlockedLive()
+    stage = CaptureStage(source).start()
+    assert source.reading.wait(5.0)
+    stage.stop(timeout=0.1)  # gives up waiting for the wedged read
+    assert not source.closed.is_set()
+    source.release.set()  # the read returns: the capture thread closes the source itself
+    assert source.closed.wait(5.0)
+    assert source.read_in_progress_at_close is False

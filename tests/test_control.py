@@ -129,6 +129,7 @@ def test_config_set_refuses_invalid_values_and_changes_nothing(operator, node):
         ({"tamper.enabled": False}, "not tunable"),
         ({"rules": {"zones": [{"name": "z", "polygon": [[0, 0], [1, 1]]}]}}, "rules.zones"),
         ({"detect.nope": 1}, "detect.nope"),
+        ({"detect.classes": ["person", "persn"]}, "has no class 'persn'"),
     ):
         reply = operator.request("config/set", {"values": values})
         assert reply["status"] == "error" and expected in reply["message"], reply

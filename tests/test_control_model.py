@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import os
-import threading
 import tomllib
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pytest
 from tests.agent_harness import AgentHarness, Operator
 from tests.brokers import Mosquitto
 from tests.conftest import DEFAULT_MODEL
+from tests.fileserver import FileServer
 
 CARD = {k: v for k, v in json.loads(DEFAULT_MODEL.with_suffix(".card.json").read_text()).items() if k != "sha256"}
 
@@ -32,60 +31,6 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-class ModelServer:
-    """Serves registered files; `cut_once` closes the first response half-way; `gate` holds responses."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.cut_once: set[str] = set()
-        self.ranges: list[str] = []
-        self.gate = threading.Event()
-        self.gate.set()
-        owner = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                owner.gate.wait(30)
-                name = self.path.lstrip("/")
-                data = owner.files.get(name)
-                if data is None:
-                    self.send_error(404)
-                    return
-                start = 0
-                if self.headers.get("Range"):
-                    owner.ranges.append(self.headers["Range"])
-                    start = int(self.headers["Range"].split("=")[1].split("-")[0])
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(data) - start))
-                self.end_headers()
-                body = data[start:]
-                if name in owner.cut_once:
-                    owner.cut_once.discard(name)
-                    self.wfile.write(body[: len(body) // 2])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                self.wfile.write(body)
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/{name}"
-
-    def stop(self) -> None:
-        self.gate.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
     b = Mosquitto(tmp_path_factory.mktemp("broker")).start()
@@ -95,9 +40,9 @@ def broker(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def files():
-    server = ModelServer()
+    server = FileServer()
     yield server
-    server.stop()
+    server.close()
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +70,7 @@ def test_wrong_sha256_is_refused_and_the_old_model_keeps_running(node, operator,
     data = variant("wrong-digest")
     files.files["wrong.onnx"] = data
     before, frames = running_sha(node), node.running.pipeline.stats.frames
-    reply = operator.request("model/update", {"url": files.url("wrong.onnx"), "sha256": "0" * 64, "card": CARD})
+    reply = operator.request("model/update", {"url": files.url_for("wrong.onnx"), "sha256": "0" * 64, "card": CARD})
     assert reply["status"] == "error" and "refused" in reply["message"] and sha(data) in reply["message"]
     assert running_sha(node) == before
     assert node.wait_records(lambda _rs: node.running.pipeline.stats.frames > frames + 10, 10)  # still analysing
@@ -148,7 +93,7 @@ def test_a_model_that_finds_nothing_is_rolled_back(node, operator, files):
     blind_card = {**CARD, "input": {**CARD["input"], "scale": 0.0}}  # feeds the network an empty image
     before = running_sha(node)
     reply = operator.request(
-        "model/update", {"url": files.url("blind.onnx"), "sha256": sha(data), "card": blind_card}, timeout=90
+        "model/update", {"url": files.url_for("blind.onnx"), "sha256": sha(data), "card": blind_card}, timeout=90
     )
     assert reply["status"] == "error" and "rolled back" in reply["message"] and "produced nothing" in reply["message"]
     assert running_sha(node) == before and node.running.detector.sha256 == before
@@ -162,9 +107,10 @@ def test_only_one_update_runs_at_a_time(node, operator, files):
     files.gate.clear()  # the server holds the download
     try:
         operator.publish("model/update", json.dumps(
-            {"id": "slow-1", "args": {"url": files.url("slow.onnx"), "sha256": sha(data), "card": CARD}}).encode())
+            {"id": "slow-1", "args": {"url": files.url_for("slow.onnx"), "sha256": sha(data), "card": CARD}}).encode())
         assert operator.sub.wait_for(lambda _ms: node.stage("control").models.busy, 10)
-        second = operator.request("model/update", {"url": files.url("slow.onnx"), "sha256": sha(data), "card": CARD})
+        slow = {"url": files.url_for("slow.onnx"), "sha256": sha(data), "card": CARD}
+        second = operator.request("model/update", slow)
         assert second["status"] == "error" and "already in progress" in second["message"]
         assert operator.request("ping")["status"] == "ok"  # other commands are served meanwhile
     finally:
@@ -176,14 +122,15 @@ def test_only_one_update_runs_at_a_time(node, operator, files):
 def test_a_cut_download_resumes_and_the_new_model_takes_over(node, operator, files):
     data = variant("resumed")
     files.files["resumed.onnx"] = data
-    files.cut_once.add("resumed.onnx")
-    args = {"url": files.url("resumed.onnx"), "sha256": sha(data), "card": CARD, "name": "synth-v2"}
+    files.cut_once["resumed.onnx"] = None
+    args = {"url": files.url_for("resumed.onnx"), "sha256": sha(data), "card": CARD, "name": "synth-v2"}
     first = operator.request("model/update", args)
     assert first["status"] == "error" and "resuming" in first["message"]
     before = running_sha(node)
     reply = operator.request("model/update", args, actor="ml-team", timeout=90)
     assert reply["status"] == "ok", reply
-    assert files.ranges and files.ranges[-1].startswith("bytes=") and files.ranges[-1] != "bytes=0-"
+    ranges = [r for _, r in files.requests if r]
+    assert ranges and ranges[-1].startswith("bytes=") and ranges[-1] != "bytes=0-"
     assert running_sha(node) == sha(data) != before
     assert reply["data"]["model"]["sha256"] == sha(data) and reply["data"]["runs"] >= 15
     assert node.wait_records(lambda rs: any(r.get("model", {}).get("sha256") == sha(data) for r in rs

@@ -112,6 +112,19 @@ def test_class_allow_list_drops_other_labels():
     assert only_cars and {d.label for d in only_cars} == {"car"}
 
 
+def test_a_class_the_model_lacks_is_named_in_a_warning(caplog):
+    image, _ = SyntheticScene(seed=3).render(150)
+    with caplog.at_level("WARNING", logger="agent.detect.detector"):
+        detector = load_detector(DEFAULT_MODEL, classes=["car", "bicycle"])
+    assert detector.unknown_classes == ["bicycle"]
+    assert "bicycle" in caplog.text and "NOTHING" not in caplog.text
+    assert {d.label for d in detector.detect(image)} <= {"car"}
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="agent.detect.detector"):
+        load_detector(DEFAULT_MODEL, classes=["persn"])
+    assert "NOTHING will be detected" in caplog.text
+
+
 def test_model_without_card_is_refused_clearly(tmp_path):
     copy = tmp_path / "mystery.onnx"
     shutil.copy(DEFAULT_MODEL, copy)

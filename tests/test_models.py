@@ -3,67 +3,19 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
 from agent import models
 from agent.detect import load_detector
 from tests.conftest import DATA, YOLOX, agent_env, run_agent, shared
-
-
-class ModelMirror:
-    """Serves a folder over HTTP with Range support; can cut a response short to test resume."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.cut_after: int | None = None
-        self.requests: list[tuple[str, str | None]] = []
-        mirror = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep test output quiet
-                pass
-
-            def do_GET(self):
-                mirror.requests.append((self.path, self.headers.get("Range")))
-                path = (mirror.root / self.path.lstrip("/")).resolve()
-                if not path.is_file() or mirror.root.resolve() not in path.parents:
-                    self.send_error(404)
-                    return
-                data = path.read_bytes()
-                start = 0
-                if rng := self.headers.get("Range"):
-                    start = int(rng.split("=")[1].split("-")[0])
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                body = data[start:]
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if mirror.cut_after is not None:
-                    self.wfile.write(body[: mirror.cut_after])
-                    mirror.cut_after = None
-                    self.connection.shutdown(2)  # the link dies mid-download
-                    return
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+from tests.fileserver import FileServer
 
 
 @pytest.fixture
 def mirror():
     shared(YOLOX)
-    m = ModelMirror(DATA / "models")
+    m = FileServer(DATA / "models")
     yield m
     m.close()
 
@@ -97,7 +49,7 @@ def test_fetch_refuses_a_file_with_the_wrong_sha256(tmp_path, state_dir):
     fake_root = tmp_path / "mirror"
     (fake_root / "yolox_nano").mkdir(parents=True)
     (fake_root / "yolox_nano" / "yolox_nano.onnx").write_bytes(b"not the model")
-    m = ModelMirror(fake_root)
+    m = FileServer(fake_root)
     try:
         res = run_agent("models", "fetch", "yolox-nano", "--mirror", m.url, "--state-dir", str(state_dir))
     finally:
@@ -108,7 +60,7 @@ def test_fetch_refuses_a_file_with_the_wrong_sha256(tmp_path, state_dir):
 
 
 def test_fetch_resumes_after_a_cut(mirror, state_dir):
-    mirror.cut_after = 1_000_000
+    mirror.cut_once["yolox_nano/yolox_nano.onnx"] = 1_000_000
     with pytest.raises(models.ModelError, match=r"kept for resuming|sha256"):
         models.fetch("yolox-nano", state_dir, mirror=mirror.url)
     part = state_dir / "models" / "yolox-nano" / "yolox_nano.onnx.part"

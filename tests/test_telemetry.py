@@ -60,10 +60,18 @@ def test_telemetry_is_small_complete_and_plausible(broker, tmp_path):
 
 
 def test_retained_status_carries_camera_health(broker, tmp_path):
+    def online(ms) -> bool:
+        return any(json.loads(m.payload)["state"] == "online" for m in ms)
+
+    early = Collector(broker.url, ["vigil/node-1/status"], client_id="early-operator")
     with AgentHarness(tmp_path / "state", broker=broker.url):
-        late = Collector(broker.url, ["vigil/node-1/status"], client_id="late-operator")
         try:
-            assert late.wait_for(lambda ms: ms and ms[-1].retain, 10)
+            assert early.wait_for(online, 20)  # the node is connected and has said so
+        finally:
+            early.close()
+        late = Collector(broker.url, ["vigil/node-1/status"], client_id="late-operator")
+        try:  # someone subscribing afterwards gets it from the broker's retained store
+            assert late.wait_for(lambda ms: bool(ms) and ms[-1].retain and online(ms), 10)
             status = json.loads(late.snapshot()[-1].payload)
         finally:
             late.close()

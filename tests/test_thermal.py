@@ -91,3 +91,28 @@ def test_a_capped_gate_runs_the_detector_at_most_at_the_cap_in_stream_time():
 def test_thresholds_must_be_ordered():
     with pytest.raises(ValueError, match="hot_c"):
         Config.model_validate({"detect": {"thermal": {"warm_c": 85, "hot_c": 80}}})
+
+
+def test_a_running_agent_slows_its_detector_when_hot_and_reports_it(tmp_path):
+    from tests.agent_harness import AgentHarness
+
+    with AgentHarness(tmp_path / "state") as h:
+        running = h.agent.running
+        assert running is not None
+        governor = running.extras["thermal"]
+        health = running.extras["health"]
+        governor.read_temp, governor.read_flags = (lambda: 83.0), (lambda: 0x4)  # a Pi in the sun
+        governor.flags_every_s = 0.0
+        assert governor.poll() == "hot"
+        cap = running.pipeline.gate.max_detect_fps
+        assert cap == governor.status()["detect_fps_cap"] == 1.0
+        seq = 0
+        for _ in range(100):  # frames keep flowing; over the cap they skip the detector, never the tracker
+            tapped = health.tap.wait_newer(seq, 5.0)
+            assert tapped is not None
+            seq = tapped.seq
+            if running.pipeline.gate.stats.capped >= 5:
+                break
+        assert running.pipeline.gate.stats.capped >= 5
+        report = health.collector.full()["stages"]["thermal"]
+        assert report["state"] == "hot" and report["throttled"] == ["throttled"] and report["capped_frames"] >= 5

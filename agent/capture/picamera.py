@@ -48,6 +48,7 @@ class Picamera2Source(FrameSource):
                 "picamera2 is not installed: on Raspberry Pi OS `sudo apt install python3-picamera2` and create "
                 "the venv with --system-site-packages; it does not exist on other machines"
             ) from None
+        cam = None
         try:
             cam = Picamera2(self.camera)
             config = cam.create_video_configuration(
@@ -60,6 +61,11 @@ class Picamera2Source(FrameSource):
             cam.configure(config)
             cam.start()
         except Exception as exc:  # libcamera raises RuntimeError/IndexError for absent cameras
+            if cam is not None:  # a half-started camera keeps libcamera's lock: the retry would fail
+                try:
+                    cam.close()
+                except Exception:
+                    log.debug("error closing a camera that failed to start", exc_info=True)
             raise SourceError(f"cannot start camera {self.camera}: {exc}") from None
         self._cam = cam
 

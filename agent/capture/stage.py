@@ -86,13 +86,20 @@ class CaptureStage:
         self.slot = FrameSlot(block_when_full=not paced_or_live)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Who closes the source: stop(), or the capture thread when stop() gave up waiting for it
+        # (closing a VideoCapture under a read in progress can crash the process).
+        self._close_lock = threading.Lock()
+        self._thread_done = False
+        self._close_when_done = False
         self.reconnects = 0
         self.frames_read = 0
         self.lost = False
+        self._started = False
 
     def start(self) -> CaptureStage:
         """Open the source now, so a bad path or absent camera fails before anything else starts."""
         self.source.open()
+        self._started = True
         self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
         self._thread.start()
         return self
@@ -102,9 +109,19 @@ class CaptureStage:
         self.slot.close()
         if self._thread is not None:
             self._thread.join(timeout)
-            if self._thread.is_alive():
-                log.warning("capture thread did not stop within %.1fs (a blocked camera read)", timeout)
             self._thread = None
+        with self._close_lock:
+            if self._started and not self._thread_done:
+                log.warning(
+                    "capture thread did not stop within %.1fs (a blocked camera read); "
+                    "the source is closed when that read returns",
+                    timeout,
+                )
+                self._close_when_done = True
+                return
+        self._close_source()
+
+    def _close_source(self) -> None:
         try:
             self.source.close()
         except Exception:
@@ -143,6 +160,12 @@ class CaptureStage:
         except Exception as exc:  # a source bug must end the stream visibly, not hang the agent
             log.exception("capture failed")
             self.slot.close(exc)
+        finally:
+            with self._close_lock:
+                self._thread_done = True
+                close_now = self._close_when_done
+            if close_now:
+                self._close_source()
 
     def _reconnect(self, reason: str, backoff: float) -> None:
         if not self.lost:

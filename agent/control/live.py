@@ -145,6 +145,7 @@ class LiveConfig:
                 "notes": ["no change: the values are already in effect"],
             }
         self._require_stages(changed)
+        self._require_known_classes(changed, after)
         snapshot = before.model_copy(deep=True)
         undo: list[Undo] = []
         try:
@@ -175,6 +176,22 @@ class LiveConfig:
         for key, stage in (("rules", "rules"), ("privacy.masks", "privacy"), ("tamper", "tamper")):
             if any(k == key or k.startswith(key + ".") for k in keys) and stage not in extras:
                 raise CommandError(f"{key} cannot change live: the {stage} stage is not running on this node")
+
+    def _require_known_classes(self, keys: list[str], after: Config) -> None:
+        """A class the running model cannot output is a typo or the wrong model: refuse it, since the
+        node would otherwise silently stop reporting what the operator asked for."""
+        if "detect.classes" not in keys and "detect" not in keys:
+            return
+        detector = self.running.pipeline.detector
+        card = getattr(getattr(detector, "inner", detector), "card", None)
+        if card is None or not after.detect.classes:
+            return
+        unknown = sorted(set(after.detect.classes) - set(card.labels))
+        if unknown:
+            raise CommandError(
+                f"detect.classes: the running model {card.name} has no class {', '.join(map(repr, unknown))}; "
+                f"it knows {', '.join(card.labels)}"
+            )
 
     def _notes(self, keys: list[str]) -> list[str]:
         notes = []

@@ -149,14 +149,21 @@ class OnnxDetector(Detector):
         self.frames = 0
 
     def set_classes(self, classes: list[str] | None) -> None:
-        """Restrict output to these labels (None or empty: all); unknown labels are ignored with a warning."""
+        """Restrict output to these labels (None or empty: all). Labels the model does not have are
+        logged as a warning (and kept in `unknown_classes` for the status page): the node keeps running,
+        reporting the classes it can, rather than going dark over a typo."""
+        self.unknown_classes = sorted(set(classes or ()) - set(self.card.labels))
         if not classes:
             self._allowed = None
             return
-        known = set(self.card.labels)
-        unknown = sorted(set(classes) - known)
-        if unknown and len(unknown) < len(set(classes)):
-            log.debug("model %s has no labels %s; ignoring them", self.card.name, ", ".join(unknown))
+        if self.unknown_classes:
+            log.warning(
+                "detect.classes: model %s has no class %s (it knows %s)%s",
+                self.card.name,
+                ", ".join(self.unknown_classes),
+                ", ".join(self.card.labels),
+                "; NOTHING will be detected" if len(self.unknown_classes) == len(set(classes)) else "",
+            )
         self._allowed = np.array([label in classes for label in self.card.labels], bool)
 
     def prepare(self, image: np.ndarray) -> Letterbox:

@@ -59,8 +59,8 @@ class ThermalGovernor:
         self._cfg = cfg
         self._gate = gate
         self._base_fps = base_fps
-        self._read_temp = read_temp
-        self._read_flags = read_flags
+        self.read_temp = read_temp
+        self.read_flags = read_flags
         self._clock = clock
         self.flags_every_s = flags_every_s
         self.level = 0
@@ -86,10 +86,10 @@ class ThermalGovernor:
         return cfg.min_fps
 
     def _sample(self, now: float) -> None:
-        self.temp_c = self._read_temp()
+        self.temp_c = self.read_temp()
         if self._flags_at is None or now - self._flags_at >= self.flags_every_s:
             self._flags_at = now
-            raw = self._read_flags()
+            raw = self.read_flags()
             self.flags = [f for f in decode_throttled(raw) if not f.endswith("_occurred")] if raw else []
 
     def _target(self, cfg: ThermalConfig) -> int:

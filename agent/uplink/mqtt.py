@@ -35,6 +35,7 @@ from agent.clock import boot_id
 from agent.config.schema import UplinkConfig
 from agent.uplink.meter import ByteBudget, LinkMeter, degrade_jpeg
 from agent.uplink.spool import Priority, Record, Spool
+from agent.urls import hide_userinfo
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class BrokerUrl:
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise UplinkError(
-                f"broker URL {_hide_userinfo(url)!r} must look like mqtt://host:port or mqtts://host:port"
+                f"broker URL {hide_userinfo(url)!r} must look like mqtt://host:port or mqtts://host:port"
             )
         if parts.username or parts.password:
             raise UplinkError(
@@ -69,18 +70,11 @@ class BrokerUrl:
         try:
             port = parts.port or (8883 if tls else 1883)
         except ValueError:
-            raise UplinkError(f"broker URL {_hide_userinfo(url)!r} has an invalid port") from None
+            raise UplinkError(f"broker URL {hide_userinfo(url)!r} has an invalid port") from None
         return cls(parts.hostname, port, tls)
 
     def __str__(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
-
-
-def _hide_userinfo(url: str) -> str:
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return url
 
 
 @dataclass
@@ -353,15 +347,18 @@ class MqttPublisher:
             if self._status_dirty.is_set():
                 self._status_dirty.clear()
                 client.publish(f"{self.base}/status", self._status_payload("online"), qos=1, retain=True)
+            self._wake.clear()  # before reading the spool: a commit from now on wakes the wait below
             self._fill(client)
             self._check_stall(client)
-            rc = client.loop(timeout=0.05)
+            # With publishes in flight, wait on the socket for their PUBACKs; otherwise only poll it
+            # and wait on the spool's commit signal instead, so a new record is sent at once rather
+            # than after the socket wait (that cost up to 50 ms per event: bench/latency.py).
+            rc = client.loop(timeout=0.05 if self._inflight else 0.0)
             if rc != paho.MQTT_ERR_SUCCESS:
                 self.last_error = f"network loop: {paho.error_string(rc)}"
                 return
             if not self._inflight:
                 self._wake.wait(0.05)
-            self._wake.clear()
 
     def _allowance_bytes(self, rate: float | None) -> int:
         """Bytes we let sit in flight: about two seconds of the measured link, so a live event never
