@@ -154,6 +154,18 @@ class Operator:
         assert self.sub.wait_for(lambda ms: bool(answered(ms)), timeout), f"no reply to {payload[:80]!r}"
         return answered(self.sub.snapshot())[0]
 
+    def statuses(self) -> list[dict[str, Any]]:
+        return [json.loads(m.payload) for m in self.sub.snapshot() if m.topic == f"{self.base}/status"]
+
+    def wait_listening(self, after: int = 0, timeout: float = 30.0) -> bool:
+        """Until a status message after the first `after` says the node takes commands (cmd/#)."""
+        return self.sub.wait_for(
+            lambda _ms: any(
+                s.get("state") == "online" and "cmd/#" in s.get("listening", []) for s in self.statuses()[after:]
+            ),
+            timeout,
+        )
+
     def _parsed(self, messages) -> list[dict[str, Any]]:
         return [json.loads(m.payload) for m in messages if m.topic == f"{self.base}/cmd_result"]
 

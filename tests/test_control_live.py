@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.agent_harness import AgentHarness, Operator
@@ -66,3 +68,43 @@ def test_modem_reset_reboots_the_modem_and_it_comes_back(broker, tmp_path):
             assert status["link"]["up"] is True and status["emulated"] is True
         finally:
             operator.close()
+
+
+def replied(operator: Operator, request_id: str) -> list[dict]:
+    return [r for r in operator.replies() if r.get("id") == request_id]
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_a_command_sent_while_the_node_is_away_is_answered_when_it_returns(broker, tmp_path, protocol):
+    state = tmp_path / "state"
+    config = {"uplink": {"protocol": protocol}}
+    operator = Operator(broker.url)
+    try:
+        with AgentHarness(state, broker=broker.url, config=config):
+            assert operator.wait_listening()
+        # the node is away (a brownout, a reboot); the operator asks anyway, QoS 1
+        operator.publish("ping", json.dumps({"id": "sent-while-away"}).encode())
+        with AgentHarness(state, broker=broker.url, config=config):
+            assert operator.sub.wait_for(lambda _ms: bool(replied(operator, "sent-while-away")), 30)
+        assert replied(operator, "sent-while-away")[-1]["status"] == "ok"
+    finally:
+        operator.close()
+
+
+def test_with_a_clean_session_commands_sent_while_away_are_lost(broker, tmp_path):
+    state = tmp_path / "state"
+    config = {"uplink": {"session_expiry_s": 0}}
+    operator = Operator(broker.url)
+    try:
+        with AgentHarness(state, broker=broker.url, config=config):
+            assert operator.wait_listening()
+        operator.publish("ping", json.dumps({"id": "sent-while-away"}).encode())
+        seen = len(operator.statuses())
+        with AgentHarness(state, broker=broker.url, config=config):
+            assert operator.wait_listening(after=seen)
+            # a broker delivers a session's queued messages before new ones: once this one is
+            # answered, the earlier one would have been too
+            assert operator.request("ping", id="sent-after-return")["status"] == "ok"
+        assert replied(operator, "sent-while-away") == []
+    finally:
+        operator.close()

@@ -27,7 +27,7 @@ from agent.privacy.faces import FaceDetector, dynamic_centerface
 from agent.track import Tracker
 from agent.uplink.spool import Spool
 from tests.conftest import ASTRONAUT, CENTERFACE, DATA, YOLOX, shared
-from tests.test_models import ModelMirror
+from tests.fileserver import FileServer
 
 THRESHOLD = 0.3
 
@@ -155,7 +155,7 @@ def test_a_failing_face_model_falls_back(astronaut):
 
 def test_models_fetch_centerface_from_a_mirror_and_load_it(tmp_path):
     shared(CENTERFACE)
-    mirror = ModelMirror(DATA / "models")
+    mirror = FileServer(DATA / "models")
     try:
         path = models.fetch("centerface", tmp_path, mirror=mirror.url)
     finally:

@@ -185,6 +185,12 @@ def test_report_is_derived_from_config_schema_and_models(tmp_path: Path):
     assert rule["schedule"] == ["mon,tue,wed,thu,fri,sat,sun 22:00-06:00"] and rule["where"] == "crossing"
     assert report["retention"]["local_thumbnails"]["ttl_days"] == 2.0
     assert report["retention"]["spool_days"]["thumb"] == 2.0
+    # everything else that leaves is disclosed too: status, telemetry, command replies, the local page
+    others = {channel["name"]: channel for channel in report["outgoing"][3:]}
+    assert {"status", "telemetry", "command replies", "local status page"} <= set(others)
+    assert others["telemetry"]["topic"] == "city/pole-7/telemetry"
+    assert others["status"]["topic"] == "city/pole-7/status"
+    assert "IMEI" in others["command replies"]["content"]
 
     markdown = run_agent("privacy", "report", "--config", str(path), "--state-dir", str(tmp_path))
     assert markdown.returncode == 0, markdown.stderr
@@ -198,6 +204,7 @@ def test_report_is_derived_from_config_schema_and_models(tmp_path: Path):
 def test_report_without_broker_or_face_model_says_so(tmp_path: Path):
     report = build_report(Config(), state_dir=tmp_path)
     assert report["delivery"]["broker"] is None and "nothing leaves the node" in report["delivery"]["network"]
+    assert not {"status", "telemetry", "command replies"} & {c["name"] for c in report["outgoing"]}
     faces = report["redaction"]["faces"]
     assert not faces["installed"] and "every detected person" in faces["applied"]
     assert "agent models fetch centerface" in faces["problem"]

@@ -9,8 +9,11 @@ import stat
 
 import pytest
 
+from agent.health.stage import disclose as disclose_telemetry
+from agent.health.status import TELEMETRY_FIELDS
 from agent.health.system import SystemProbe, cpu_temperature_c, decode_throttled, read_throttled
 from agent.uplink.spool import Priority
+from agent.uplink.stage import disclose as disclose_status
 from tests.agent_harness import AgentHarness, Operator
 from tests.brokers import Collector, Mosquitto
 
@@ -57,6 +60,9 @@ def test_telemetry_is_small_complete_and_plausible(broker, tmp_path):
     assert t["camera"] == {"ok": True, "stream": "ok", "tamper": t["camera"]["tamper"]}
     assert t["clock"]["source"] in ("ntp", "gnss", "system", "unsynced")
     assert t["versions"]["agent"] and len(t["versions"]["model_sha256"]) == 64 and t["versions"]["onnxruntime"]
+    # the privacy report describes exactly these fields (id and seq are the spool's, on every record)
+    assert set(t) - {"id", "seq", "historical"} == set(TELEMETRY_FIELDS)
+    assert [f["field"] for f in disclose_telemetry(node.agent.config)[0]["fields"]] == list(TELEMETRY_FIELDS)
 
 
 def test_retained_status_carries_camera_health(broker, tmp_path):
@@ -64,7 +70,7 @@ def test_retained_status_carries_camera_health(broker, tmp_path):
         return any(json.loads(m.payload)["state"] == "online" for m in ms)
 
     early = Collector(broker.url, ["vigil/node-1/status"], client_id="early-operator")
-    with AgentHarness(tmp_path / "state", broker=broker.url):
+    with AgentHarness(tmp_path / "state", broker=broker.url) as node:
         try:
             assert early.wait_for(online, 20)  # the node is connected and has said so
         finally:
@@ -76,6 +82,8 @@ def test_retained_status_carries_camera_health(broker, tmp_path):
         finally:
             late.close()
     assert status["state"] == "online" and status["camera"]["ok"] is True and status["model"] == "vigil-synth"
+    disclosed = disclose_status(node.agent.config)[0]["fields"]
+    assert set(status) == {name.split(" ")[0] for name in disclosed}  # the privacy report lists exactly these
 
 
 def test_system_probe_reads_a_pi(tmp_path, monkeypatch):

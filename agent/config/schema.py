@@ -149,6 +149,10 @@ class ThermalConfig(Section):
         return self
 
 
+# The default `detect.classes`: road users, spelled as COCO and VOC models spell them.
+ROAD_USERS = ("person", "bicycle", "car", "motorbike", "motorcycle", "bus", "truck")
+
+
 class DetectConfig(Section):
     model: str = Field(
         default="auto",
@@ -159,9 +163,11 @@ class DetectConfig(Section):
     score_threshold: float = Field(default=0.4, ge=0, le=1, description="Minimum detection score kept.")
     nms_iou: float = Field(default=0.45, gt=0, le=1, description="IoU above which overlapping boxes merge.")
     classes: list[str] = Field(
-        default_factory=lambda: ["person", "bicycle", "car", "motorbike", "motorcycle", "bus", "truck"],
+        default_factory=lambda: list(ROAD_USERS),
         description="Labels analysed; everything else the model finds is dropped on the node. "
-        "Empty means every label of the model.",
+        "Empty means every label of the model. The default names road users in the spellings of several "
+        "label sets (COCO, VOC), so labels the model lacks are expected there; in a list of your own they "
+        "are a warning at start and refused by `config/set`.",
     )
     min_box_area: float = Field(
         default=0.0004, ge=0, lt=1, description="Smallest box kept, as a share of the frame area."
@@ -238,6 +244,15 @@ class UplinkConfig(Section):
     password_file: Path | None = Field(default=None, description="File holding the MQTT password.")
     tls: TlsConfig = Field(default_factory=TlsConfig)
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive interval.")
+    session_expiry_s: int = Field(
+        default=3600,
+        ge=0,
+        le=7 * 86400,
+        description="How long the broker keeps the node's session (its command subscription) while the node "
+        "is away, so commands sent during an outage arrive when it returns (stale ones get an error reply, "
+        "see control.max_age_s). 0: a clean session each time. MQTT 3.1.1 brokers apply their own expiry "
+        "(Mosquitto: persistent_client_expiration).",
+    )
     inflight: int = Field(default=20, ge=1, le=1000, description="Publishes awaiting PUBACK at once.")
     reconnect_min_s: float = Field(
         default=1.0, gt=0, description="First reconnect delay (jittered, doubling)."

@@ -25,6 +25,7 @@ from agent.config.loader import ConfigError, redact_secrets, validate
 from agent.config.schema import Config
 from agent.control.persist import ConfigStore, set_path
 from agent.control.protocol import CommandError
+from agent.detect.detector import class_problem
 
 if TYPE_CHECKING:
     from agent.app import Agent, Running
@@ -178,20 +179,15 @@ class LiveConfig:
                 raise CommandError(f"{key} cannot change live: the {stage} stage is not running on this node")
 
     def _require_known_classes(self, keys: list[str], after: Config) -> None:
-        """A class the running model cannot output is a typo or the wrong model: refuse it, since the
-        node would otherwise silently stop reporting what the operator asked for."""
-        if "detect.classes" not in keys and "detect" not in keys:
+        """Classes the running model cannot output are a typo or the wrong model: refuse them rather than
+        let the node silently stop reporting what the operator asked for."""
+        if "detect.classes" not in keys or not after.detect.classes:
             return
         detector = self.running.pipeline.detector
         card = getattr(getattr(detector, "inner", detector), "card", None)
-        if card is None or not after.detect.classes:
-            return
-        unknown = sorted(set(after.detect.classes) - set(card.labels))
-        if unknown:
-            raise CommandError(
-                f"detect.classes: the running model {card.name} has no class {', '.join(map(repr, unknown))}; "
-                f"it knows {', '.join(card.labels)}"
-            )
+        problem = class_problem(after.detect.classes, card) if card is not None else None
+        if problem:
+            raise CommandError(problem)
 
     def _notes(self, keys: list[str]) -> list[str]:
         notes = []

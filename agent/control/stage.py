@@ -40,6 +40,7 @@ from agent.uplink.spool import Outgoing, Priority
 
 if TYPE_CHECKING:
     from agent.app import Agent, Running
+    from agent.config.schema import Config
     from agent.health.stage import HealthStage
     from agent.rules import SnapshotRequest
 
@@ -252,3 +253,21 @@ def build(agent: Agent, running: Running) -> ControlStage | None:
     if engine is not None and getattr(engine, "on_snapshot", "absent") is None:
         engine.on_snapshot = stage.on_rule_snapshot
     return stage
+
+
+def disclose(config: Config) -> list[dict[str, Any]]:
+    """For `agent privacy report`: replies to operators' commands."""
+    if not config.uplink.broker or not config.control.enabled:
+        return []
+    prefix = f"{config.uplink.topic_prefix}/{config.node.id}"
+    return [
+        {
+            "name": "command replies",
+            "topic": f"{prefix}/cmd_result (requests arrive on {prefix}/cmd/{{name}})",
+            "content": "one JSON reply per request an operator sends: request id, ok/error, a message and data. "
+            "`status` returns the node's whole state (what the status page shows, including the modem's "
+            "IMEI, the SIM's ICCID and the node's position); `config/get` the configuration with "
+            "passwords and tokens left out; `snapshot` sends its one frame as described under snapshots. "
+            "Every change and every snapshot is written to the audit log with who asked",
+        }
+    ]

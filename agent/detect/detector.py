@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.config.schema import ROAD_USERS
 from agent.detect.card import CardError, ModelCard, find_card
 from agent.detect.decoders import DECODERS, nms
 from agent.detect.preprocess import InputWriter, Letterbox
@@ -50,6 +51,21 @@ class Detector(abc.ABC):
 
 
 ARM = {"aarch64", "arm64", "armv7l"}
+
+
+def class_problem(classes: list[str], card: ModelCard) -> str | None:
+    """Why these `detect.classes` look wrong for this model, or None. Labels the model lacks are
+    expected in the default list (road users in several label sets' spellings); in a list of one's own
+    they are a typo or the wrong model, and a list the model knows nothing of means a node gone dark."""
+    unknown = sorted(set(classes) - set(card.labels))
+    known = ", ".join(card.labels)
+    if not unknown:
+        return None
+    if len(unknown) == len(set(classes)):
+        return f"detect.classes: model {card.name} has none of them: NOTHING would be detected (it knows {known})"
+    if tuple(classes) == ROAD_USERS:
+        return None
+    return f"detect.classes: model {card.name} has no class {', '.join(map(repr, unknown))} (it knows {known})"
 
 
 def session_options(threads: int, *, spinning: bool = False, xnnpack: bool = False):
@@ -149,21 +165,16 @@ class OnnxDetector(Detector):
         self.frames = 0
 
     def set_classes(self, classes: list[str] | None) -> None:
-        """Restrict output to these labels (None or empty: all). Labels the model does not have are
-        logged as a warning (and kept in `unknown_classes` for the status page): the node keeps running,
-        reporting the classes it can, rather than going dark over a typo."""
+        """Restrict output to these labels (None or empty: all). Labels the model lacks are kept in
+        `unknown_classes` (status page) and, when they look like a mistake, logged as a warning: the node
+        keeps running, reporting the classes it can, rather than going dark over a typo."""
         self.unknown_classes = sorted(set(classes or ()) - set(self.card.labels))
         if not classes:
             self._allowed = None
             return
-        if self.unknown_classes:
-            log.warning(
-                "detect.classes: model %s has no class %s (it knows %s)%s",
-                self.card.name,
-                ", ".join(self.unknown_classes),
-                ", ".join(self.card.labels),
-                "; NOTHING will be detected" if len(self.unknown_classes) == len(set(classes)) else "",
-            )
+        problem = class_problem(classes, self.card)
+        if problem:
+            log.warning("%s", problem)
         self._allowed = np.array([label in classes for label in self.card.labels], bool)
 
     def prepare(self, image: np.ndarray) -> Letterbox:

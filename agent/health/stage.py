@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 from agent.health.camera import CameraHealth
 from agent.health.frames import FrameTap
 from agent.health.privacy import PrivacyAccess
-from agent.health.status import StatusCollector, camera_flags
+from agent.health.status import TELEMETRY_FIELDS, StatusCollector, camera_flags
 from agent.health.system import SystemProbe
 from agent.uplink.spool import Outgoing, Priority
 
 if TYPE_CHECKING:
     from agent.app import Agent, Running
+    from agent.config.schema import Config
 
 log = logging.getLogger(__name__)
 
@@ -135,3 +136,18 @@ def build(agent: Agent, running: Running) -> HealthStage:
     if publisher is not None and hasattr(publisher, "status_extra"):
         publisher.status_extra = stage.summary
     return stage
+
+
+def disclose(config: Config) -> list[dict[str, Any]]:
+    """For `agent privacy report`: the periodic telemetry record."""
+    if not config.uplink.broker or not config.telemetry.enabled:
+        return []
+    return [
+        {
+            "name": "telemetry",
+            "topic": f"{config.uplink.topic_prefix}/{config.node.id}/telemetry",
+            "content": f"one small JSON record every {config.telemetry.interval_s:g} s about the node itself: "
+            "no images, no objects, no people",
+            "fields": [{"field": name, "meaning": meaning} for name, meaning in TELEMETRY_FIELDS.items()],
+        }
+    ]

@@ -202,6 +202,31 @@ class StatusCollector:
         }
 
 
+# Every top-level field of the telemetry record, described for `agent privacy report` (a test keeps
+# this in step with `StatusCollector.telemetry`).
+TELEMETRY_FIELDS: dict[str, str] = {
+    "schema": "record version",
+    "node": "node id",
+    "ts": "time of the record, with the clock's quality (`clock`)",
+    "clock": "clock source and whether it is trusted",
+    "uptime_s": "seconds since the agent started",
+    "fps": "capture, analysis and detector frames per second",
+    "inference_ms": "detector time per frame, p50/p95",
+    "frames": "frames read, dropped and analysed (counts)",
+    "motion_gate_ratio": "share of frames sent to the detector",
+    "events": "number of events since start (no content)",
+    "cpu": "CPU load, temperature, throttling",
+    "memory_rss_mb": "the agent's memory",
+    "disk_free_mb": "free space on the state filesystem",
+    "spool": "records waiting, bytes, drops per class",
+    "link": "MQTT connection, link rate and round trip, bytes spent today",
+    "modem": "LTE registration, technology, operator name, signal levels",
+    "gnss": "the node's own GNSS fix (its position on the pole), satellites, HDOP",
+    "camera": "camera health flags (stream, tamper)",
+    "versions": "agent, model name and sha256, onnxruntime",
+}
+
+
 def _mb(value: int | None) -> float | None:
     return round(value / 1048576, 1) if value is not None else None
 

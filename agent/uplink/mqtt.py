@@ -19,6 +19,7 @@ import socket
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,8 @@ from agent.uplink.spool import Priority, Record, Spool
 from agent.urls import hide_userinfo
 
 log = logging.getLogger(__name__)
+
+UNCLAIMED_KEPT = 64  # messages held for a handler that has not subscribed yet
 
 # PUBACK reason codes (MQTT 5) that will never succeed on retry: count the record as refused.
 PERMANENT_REFUSALS = {0x87, 0x90, 0x99}  # not authorized, topic name invalid, payload format invalid
@@ -119,6 +122,11 @@ class MqttPublisher:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._handlers: list[tuple[str, MessageHandler]] = []
+        # Messages that arrived before a handler for them subscribed: a persistent session delivers what
+        # was queued for the node right after CONNACK, possibly before the control stage is up.
+        self._unclaimed: deque[tuple[str, bytes]] = deque(maxlen=UNCLAIMED_KEPT)
+        self._handlers_lock = threading.Lock()
+        self._listening: list[str] = []  # subscribed on this connection; in the `online` status
         self._client: paho.Client | None = None
         self._connected = threading.Event()
         self._inflight: dict[int, InFlight] = {}
@@ -169,9 +177,15 @@ class MqttPublisher:
     def subscribe(self, suffix: str, handler: MessageHandler) -> None:
         """Receive messages on `{prefix}/{node}/{suffix}` (e.g. "cmd/#"); handlers run on the uplink thread
         and must be quick (hand work to a queue). May be called while connected (subscribes at once)."""
-        self._handlers.append((suffix, handler))
+        with self._handlers_lock:
+            self._handlers.append((suffix, handler))
+            waiting = [m for m in self._unclaimed if paho.topic_matches_sub(f"{self.base}/{suffix}", m[0])]
+            for message in waiting:
+                self._unclaimed.remove(message)
         self._subs_dirty.set()
         self._wake.set()
+        for topic, payload in waiting:
+            self._deliver(handler, topic, payload)
 
     @property
     def connected(self) -> bool:
@@ -239,7 +253,8 @@ class MqttPublisher:
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self.node_id,
             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
-            clean_session=None if v5 else True,
+            # a persistent session keeps the cmd/# subscription (and commands sent meanwhile) while away
+            clean_session=None if v5 else self.cfg.session_expiry_s == 0,
         )
         client.max_inflight_messages_set(max(self.cfg.inflight, 1))
         client.max_queued_messages_set(0)
@@ -268,6 +283,9 @@ class MqttPublisher:
             "agent": agent.__version__,
             "boot": self._boot_id,
         }
+        if state == "online":
+            # what it takes messages on: once an operator sees cmd/# here, commands are received
+            body["listening"] = self._listening
         if state == "online" and self.status_extra is not None:
             try:
                 body = {**self.status_extra(), **body}
@@ -286,7 +304,18 @@ class MqttPublisher:
         self._inflight = {}
         self._session_failed = None
         try:
-            client.connect(self.broker.host, self.broker.port, keepalive=self.cfg.keepalive_s)
+            if self.cfg.protocol == "5":
+                properties = Properties(PacketTypes.CONNECT)
+                properties.SessionExpiryInterval = self.cfg.session_expiry_s
+                client.connect(
+                    self.broker.host,
+                    self.broker.port,
+                    keepalive=self.cfg.keepalive_s,
+                    clean_start=self.cfg.session_expiry_s == 0,
+                    properties=properties,
+                )
+            else:
+                client.connect(self.broker.host, self.broker.port, keepalive=self.cfg.keepalive_s)
         except (OSError, ssl.SSLError) as exc:
             self.connect_failures += 1
             raise ConnectionError(f"cannot connect: {exc}") from None
@@ -310,6 +339,7 @@ class MqttPublisher:
             self._serve(client)
         finally:
             self._connected.clear()
+            self._listening = []
             self.connected_since = None
             if self._inflight:
                 self.duplicates_possible += len(self._inflight)
@@ -322,9 +352,10 @@ class MqttPublisher:
         # `online` can send commands (cmd/#) and they will be received
         self._subs_dirty.clear()
         subscribed = set()
-        for suffix, _ in self._handlers:
+        for suffix, _ in list(self._handlers):
             client.subscribe(f"{self.base}/{suffix}", qos=1)
             subscribed.add(suffix)
+        self._listening = sorted(subscribed)
         client.publish(f"{self.base}/status", self._status_payload("online"), qos=1, retain=True)
         while self._connected.is_set():
             if self._subs_dirty.is_set():
@@ -333,6 +364,7 @@ class MqttPublisher:
                     if suffix not in subscribed:
                         client.subscribe(f"{self.base}/{suffix}", qos=1)
                         subscribed.add(suffix)
+                        self._listening = sorted(subscribed)
                         self._status_dirty.set()  # say `online` again, now that it is listening
             if self._stop.is_set():
                 info = client.publish(
@@ -478,9 +510,19 @@ class MqttPublisher:
         self.meter.busy(len(self._inflight))
 
     def _on_message(self, client, userdata, message) -> None:
-        for suffix, handler in self._handlers:
-            if paho.topic_matches_sub(f"{self.base}/{suffix}", message.topic):
-                try:
-                    handler(message.topic[len(self.base) + 1 :], message.payload)
-                except Exception:
-                    log.exception("handler for %s failed", message.topic)
+        with self._handlers_lock:
+            handlers = [
+                h for suffix, h in self._handlers if paho.topic_matches_sub(f"{self.base}/{suffix}", message.topic)
+            ]
+            if not handlers:
+                if len(self._unclaimed) == self._unclaimed.maxlen:
+                    log.warning("uplink: %d messages wait for a handler; dropping the oldest", len(self._unclaimed))
+                self._unclaimed.append((message.topic, message.payload))
+        for handler in handlers:
+            self._deliver(handler, message.topic, message.payload)
+
+    def _deliver(self, handler: MessageHandler, topic: str, payload: bytes) -> None:
+        try:
+            handler(topic[len(self.base) + 1 :], payload)
+        except Exception:
+            log.exception("handler for %s failed", topic)

@@ -10,6 +10,7 @@ from agent.uplink.mqtt import BrokerUrl, MqttPublisher, UplinkError
 
 if TYPE_CHECKING:
     from agent.app import Agent, Running
+    from agent.config.schema import Config
 
 log = logging.getLogger(__name__)
 
@@ -77,3 +78,27 @@ def build(agent: Agent, running: Running) -> UplinkStage | None:
             proxy.stop()
         raise AgentError(str(exc)) from None
     return UplinkStage(publisher, proxy, runner)
+
+
+def disclose(config: Config) -> list[dict[str, Any]]:
+    """For `agent privacy report`: the retained status message and the broker's last will."""
+    if not config.uplink.broker:
+        return []
+    return [
+        {
+            "name": "status",
+            "topic": f"{config.uplink.topic_prefix}/{config.node.id}/status",
+            "content": "retained JSON: `online` while connected (the broker publishes `offline` when the node "
+            "goes away); no images, no objects, no people",
+            "fields": [
+                "state",
+                "node",
+                "agent (version)",
+                "boot (kernel boot id)",
+                "listening (topics it takes commands on)",
+                "camera (health flags)",
+                "model",
+                "model_sha256",
+            ],
+        }
+    ]

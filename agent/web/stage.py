@@ -20,6 +20,7 @@ from agent.web.server import StatusHTTPServer, WebApp
 
 if TYPE_CHECKING:
     from agent.app import Agent, Running
+    from agent.config.schema import Config
     from agent.health.stage import HealthStage
 
 log = logging.getLogger(__name__)
@@ -156,3 +157,28 @@ def build(agent: Agent, running: Running) -> WebStage | None:
         where = url if is_loopback(host) else f"http://<this node's address>:{bound_port}/"
         log.info("status page: %s (token required: open %s?token=<http.token> once)", url, where)
     return WebStage(server, app, preview, url)
+
+
+def disclose(config: Config) -> list[dict[str, Any]]:
+    """For `agent privacy report`: the local status page (HTTP, not MQTT)."""
+    http = config.http
+    if http.listen in ("", "off"):
+        return [
+            {
+                "name": "local status page",
+                "topic": "not served (except by `agent --simulate`, on a loopback port)",
+                "content": "-",
+            }
+        ]
+    protected = http.token is not None or http.token_file is not None
+    return [
+        {
+            "name": "local status page",
+            "topic": f"HTTP on {http.listen}" + (" (token required)" if protected else " (loopback only)"),
+            "content": "a live preview while someone watches (at most "
+            f"{http.preview_fps:g} images/s, {http.preview_width} px wide, privacy masks always blacked out, "
+            + ("faces redacted" if http.preview_faces else "faces NOT redacted (http.preview_faces = false)")
+            + "), the latest events with their thumbnails, the node's state (/status.json) and "
+            "metrics (/metrics); nothing is recorded",
+        }
+    ]
