@@ -77,6 +77,7 @@ def test_rtsp_credentials_never_reach_logs():
     assert stream.describe() == "rtsp://***@10.0.0.5:554/s1"
     assert hide_userinfo("rtsp://10.0.0.5/live@main") == "rtsp://10.0.0.5/live@main"  # '@' in a path stays
     assert hide_userinfo("mqtts://node:secret@broker:8883") == "mqtts://***@broker:8883"
+    assert "pa/ss" not in hide_userinfo("rtsp://admin:pa/ss@10.0.0.5/s1")  # a broken URL is still hidden
 
 
 def test_synthetic_scene_is_deterministic():

@@ -82,7 +82,7 @@ def transport_stream(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 def test_a_camera_that_never_answers_fails_the_open_instead_of_hanging(transport_stream):
     with FakeCamera(transport_stream, ["silent"]) as camera:
-        source = LiveCaptureSource(camera.url, read_timeout_s=0.5)
+        source = LiveCaptureSource(camera.url, read_timeout_s=0.5, open_timeout_s=0.5)
         outcome: list[BaseException | None] = []
 
         def open_it() -> None:
@@ -110,7 +110,7 @@ def test_a_stalled_stream_is_reported_lost_and_recovered_when_the_camera_returns
             recovered.set()
 
     with FakeCamera(transport_stream, ["stall", "full"]) as camera:
-        source = LiveCaptureSource(camera.url, read_timeout_s=0.5)
+        source = LiveCaptureSource(camera.url, read_timeout_s=0.5, open_timeout_s=0.5)
         stage = CaptureStage(source, reconnect_initial_s=0.05, reconnect_max_s=0.2, on_state=on_state).start()
         try:
             assert recovered.wait(30), f"no recovery; states so far: {states}"

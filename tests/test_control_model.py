@@ -87,6 +87,17 @@ def test_a_file_that_does_not_load_is_refused(node, operator, tmp_path):
     assert running_sha(node) == before
 
 
+def test_a_model_that_knows_none_of_the_classes_is_refused(node, operator, files):
+    data = variant("other-labels")
+    files.files["pets.onnx"] = data
+    pets_card = {**CARD, "labels": ["dog", "cat", "bird"]}  # same outputs, other names: a pet detector
+    before = running_sha(node)
+    args = {"url": files.url_for("pets.onnx"), "sha256": sha(data), "card": pets_card}
+    reply = operator.request("model/update", args)
+    assert reply["status"] == "error" and "knows none of detect.classes" in reply["message"], reply
+    assert running_sha(node) == before
+
+
 def test_a_model_that_finds_nothing_is_rolled_back(node, operator, files):
     data = variant("blind")
     files.files["blind.onnx"] = data

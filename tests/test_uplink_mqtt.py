@@ -311,3 +311,20 @@ def test_thumbnail_matches_its_event(broker, spool):
     (thumb,) = [m for m in msgs if "/thumbs/" in m.topic]
     assert thumb.topic == f"vigil/node-1/thumbs/{event['id']}"
     assert hashlib.sha256(thumb.payload).hexdigest() == event["thumb"]["sha256"]
+
+
+def test_a_refused_command_subscription_is_reported_not_claimed(spool, caplog):
+    """Brokers that refuse a subscription say so in the SUBACK (RabbitMQ, EMQX; Mosquitto 2.0 grants it
+    and then delivers nothing); the node must not keep telling operators it takes commands."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    pub = publisher(spool, "mqtt://127.0.0.1:1")  # never started: the SUBACK is handed in directly
+    pub._sub_mids, pub._listening = {7: "cmd/#", 8: "cfg/#"}, ["cfg/#", "cmd/#"]
+    pub._on_subscribe(None, None, 8, [ReasonCode(PacketTypes.SUBACK, identifier=1)], None)
+    assert pub._listening == ["cfg/#", "cmd/#"] and not pub._status_dirty.is_set()
+    with caplog.at_level("WARNING", logger="agent.uplink.mqtt"):
+        pub._on_subscribe(None, None, 7, [ReasonCode(PacketTypes.SUBACK, identifier=0x87)], None)
+    assert pub._listening == ["cfg/#"] and pub._status_dirty.is_set()
+    assert "refused the subscription to vigil/node-1/cmd/#" in caplog.text
+    assert json.loads(pub._status_payload("online"))["listening"] == ["cfg/#"]

@@ -115,12 +115,14 @@ class LiveCaptureSource(FrameSource):
         fps: float = 10.0,
         max_width: int = MAX_ANALYSIS_WIDTH,
         read_timeout_s: float = 5.0,
+        open_timeout_s: float = 20.0,
     ):
         self.target = target
         self.width, self.height = width, height
         self._fps = fps
         self.max_width = max_width
         self.read_timeout_s = read_timeout_s
+        self.open_timeout_s = open_timeout_s  # an RTSP handshake and stream probe over LTE take seconds
         self._cap: cv2.VideoCapture | None = None
         self._index = 0
         is_stream = isinstance(target, str) and "://" in target
@@ -141,8 +143,12 @@ class LiveCaptureSource(FrameSource):
             # each open; a value the operator set is kept.
             os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
             # Open and read timeouts so a dead camera cannot hang the capture thread.
-            timeout_ms = int(self.read_timeout_s * 1000)
-            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
+            params = [
+                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+                int(self.open_timeout_s * 1000),
+                cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                int(self.read_timeout_s * 1000),
+            ]
             cap = cv2.VideoCapture(str(self.target), cv2.CAP_FFMPEG, params)
         else:
             cap = (

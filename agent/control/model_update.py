@@ -207,6 +207,13 @@ class ModelUpdater:
             detector = detector_from_config(dest, self.agent.config.detect)
         except (CardError, ValueError) as exc:
             raise CommandError(f"the new model does not load: {exc}; the previous model stays") from None
+        wanted = self.agent.config.detect.classes
+        if wanted and not set(wanted) & set(detector.card.labels):
+            detector.close()
+            raise CommandError(
+                f"the new model {detector.card.name} knows none of detect.classes ({', '.join(wanted)}; it knows "
+                f"{', '.join(detector.card.labels)}): it would detect nothing; the previous model stays"
+            )
         latest = self.tap.latest()
         if latest is not None:
             try:

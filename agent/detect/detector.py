@@ -166,15 +166,15 @@ class OnnxDetector(Detector):
 
     def set_classes(self, classes: list[str] | None) -> None:
         """Restrict output to these labels (None or empty: all). Labels the model lacks are kept in
-        `unknown_classes` (status page) and, when they look like a mistake, logged as a warning: the node
-        keeps running, reporting the classes it can, rather than going dark over a typo."""
+        `unknown_classes`; when they look like a mistake, `classes_problem` says so (status page) and a
+        warning is logged: the node keeps running, reporting the classes it can, rather than going dark."""
         self.unknown_classes = sorted(set(classes or ()) - set(self.card.labels))
+        self.classes_problem = class_problem(classes, self.card) if classes else None
         if not classes:
             self._allowed = None
             return
-        problem = class_problem(classes, self.card)
-        if problem:
-            log.warning("%s", problem)
+        if self.classes_problem:
+            log.warning("%s", self.classes_problem)
         self._allowed = np.array([label in classes for label in self.card.labels], bool)
 
     def prepare(self, image: np.ndarray) -> Letterbox:

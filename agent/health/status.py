@@ -127,7 +127,7 @@ class StatusCollector:
             "detector": {
                 "runs": int(getattr(detector, "frames", 0)),
                 "score_threshold": getattr(detector, "score_threshold", None),
-                "unknown_classes": getattr(getattr(detector, "inner", detector), "unknown_classes", []),
+                "classes_problem": getattr(getattr(detector, "inner", detector), "classes_problem", None),
             },
             "rate_cap": {"max_fps": r.pipeline.max_fps, "skipped": r.pipeline.rate_skipped},
         }

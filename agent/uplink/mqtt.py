@@ -127,6 +127,7 @@ class MqttPublisher:
         self._unclaimed: deque[tuple[str, bytes]] = deque(maxlen=UNCLAIMED_KEPT)
         self._handlers_lock = threading.Lock()
         self._listening: list[str] = []  # subscribed on this connection; in the `online` status
+        self._refused: set[str] = set()  # subscriptions the broker refused on this connection
         self._client: paho.Client | None = None
         self._connected = threading.Event()
         self._inflight: dict[int, InFlight] = {}
@@ -137,6 +138,10 @@ class MqttPublisher:
         self.published = 0
         self.duplicates_possible = 0  # records re-sent after a connection died with them in flight
         self.degraded = 0
+        self._smaller: dict[int, bytes] = {}  # degraded thumbnails by rowid: shrink each once, not per retry
+        self._sub_mids: dict[int, str] = {}  # SUBSCRIBE message id -> topic suffix, until its SUBACK
+        # 0 when nothing will take commands (control off): a kept session would still receive them
+        self.session_expiry_s = cfg.session_expiry_s
         self.refused = 0
         self.last_error: str | None = None
         self.connected_since: float | None = None
@@ -179,13 +184,8 @@ class MqttPublisher:
         and must be quick (hand work to a queue). May be called while connected (subscribes at once)."""
         with self._handlers_lock:
             self._handlers.append((suffix, handler))
-            waiting = [m for m in self._unclaimed if paho.topic_matches_sub(f"{self.base}/{suffix}", m[0])]
-            for message in waiting:
-                self._unclaimed.remove(message)
-        self._subs_dirty.set()
+        self._subs_dirty.set()  # the uplink thread subscribes and hands over anything held for it
         self._wake.set()
-        for topic, payload in waiting:
-            self._deliver(handler, topic, payload)
 
     @property
     def connected(self) -> bool:
@@ -254,7 +254,7 @@ class MqttPublisher:
             client_id=self.node_id,
             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
             # a persistent session keeps the cmd/# subscription (and commands sent meanwhile) while away
-            clean_session=None if v5 else self.cfg.session_expiry_s == 0,
+            clean_session=None if v5 else self.session_expiry_s == 0,
         )
         client.max_inflight_messages_set(max(self.cfg.inflight, 1))
         client.max_queued_messages_set(0)
@@ -274,6 +274,7 @@ class MqttPublisher:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     def _status_payload(self, state: str) -> bytes:
@@ -302,16 +303,17 @@ class MqttPublisher:
         client = self._new_client()
         self._client = client
         self._inflight = {}
+        self._sub_mids, self._refused = {}, set()
         self._session_failed = None
         try:
             if self.cfg.protocol == "5":
                 properties = Properties(PacketTypes.CONNECT)
-                properties.SessionExpiryInterval = self.cfg.session_expiry_s
+                properties.SessionExpiryInterval = self.session_expiry_s
                 client.connect(
                     self.broker.host,
                     self.broker.port,
                     keepalive=self.cfg.keepalive_s,
-                    clean_start=self.cfg.session_expiry_s == 0,
+                    clean_start=self.session_expiry_s == 0,
                     properties=properties,
                 )
             else:
@@ -353,19 +355,20 @@ class MqttPublisher:
         self._subs_dirty.clear()
         subscribed = set()
         for suffix, _ in list(self._handlers):
-            client.subscribe(f"{self.base}/{suffix}", qos=1)
+            self._subscribe(client, suffix)
             subscribed.add(suffix)
-        self._listening = sorted(subscribed)
+        self._listening = sorted(subscribed - self._refused)
         client.publish(f"{self.base}/status", self._status_payload("online"), qos=1, retain=True)
         while self._connected.is_set():
             if self._subs_dirty.is_set():
                 self._subs_dirty.clear()
                 for suffix, _ in list(self._handlers):
                     if suffix not in subscribed:
-                        client.subscribe(f"{self.base}/{suffix}", qos=1)
+                        self._subscribe(client, suffix)
                         subscribed.add(suffix)
-                        self._listening = sorted(subscribed)
+                        self._listening = sorted(subscribed - self._refused)
                         self._status_dirty.set()  # say `online` again, now that it is listening
+                self._hand_over_held()
             if self._stop.is_set():
                 info = client.publish(
                     f"{self.base}/status", self._status_payload("offline"), qos=1, retain=True
@@ -391,6 +394,26 @@ class MqttPublisher:
                 return
             if not self._inflight:
                 self._wake.wait(0.05)
+
+    def _subscribe(self, client: paho.Client, suffix: str) -> None:
+        _, mid = client.subscribe(f"{self.base}/{suffix}", qos=1)
+        if mid is not None:
+            self._sub_mids[mid] = suffix
+
+    def _on_subscribe(self, client, userdata, mid, reason_code_list, properties) -> None:
+        suffix = self._sub_mids.pop(mid, None)
+        if suffix is None or not any(rc.is_failure for rc in reason_code_list):
+            return
+        log.warning(
+            "uplink: the broker refused the subscription to %s/%s (%s): nothing sent there will arrive; "
+            "check the broker's ACL",
+            self.base,
+            suffix,
+            ", ".join(str(rc) for rc in reason_code_list),
+        )
+        self._refused.add(suffix)
+        self._listening = [s for s in self._listening if s != suffix]
+        self._status_dirty.set()  # `online` again, without the refused topic
 
     def _allowance_bytes(self, rate: float | None) -> int:
         """Bytes we let sit in flight: about two seconds of the measured link, so a live event never
@@ -445,9 +468,14 @@ class MqttPublisher:
                 payload = payload[:-1] + b',"historical":true}'
             return payload, props
         if record.stream == "thumbs" and self._link_too_slow_for(len(payload), rate):
-            smaller = degrade_jpeg(payload)
-            if smaller is not None:
-                self.degraded += 1
+            smaller = self._smaller.get(record.rowid)
+            if smaller is None:
+                smaller = degrade_jpeg(payload) or payload
+                self.degraded += smaller is not payload
+                self._smaller[record.rowid] = smaller
+                if len(self._smaller) > 16:
+                    del self._smaller[next(iter(self._smaller))]
+            if smaller is not payload:
                 payload = smaller
                 if self.cfg.protocol == "5":
                     props = Properties(PacketTypes.PUBLISH)
@@ -509,17 +537,34 @@ class MqttPublisher:
             self.meter.acked(flight.size, time.monotonic() - flight.sent_mono)
         self.meter.busy(len(self._inflight))
 
-    def _on_message(self, client, userdata, message) -> None:
+    def _handlers_for(self, topic: str) -> list[MessageHandler]:
         with self._handlers_lock:
-            handlers = [
-                h for suffix, h in self._handlers if paho.topic_matches_sub(f"{self.base}/{suffix}", message.topic)
-            ]
-            if not handlers:
-                if len(self._unclaimed) == self._unclaimed.maxlen:
-                    log.warning("uplink: %d messages wait for a handler; dropping the oldest", len(self._unclaimed))
-                self._unclaimed.append((message.topic, message.payload))
+            return [h for suffix, h in self._handlers if paho.topic_matches_sub(f"{self.base}/{suffix}", topic)]
+
+    def _on_message(self, client, userdata, message) -> None:
+        self._hand_over_held()  # older messages first
+        handlers = self._handlers_for(message.topic)
+        if not handlers:
+            if len(self._unclaimed) == self._unclaimed.maxlen:
+                log.warning("uplink: %d messages wait for a handler; dropping the oldest", len(self._unclaimed))
+            self._unclaimed.append((message.topic, message.payload))
         for handler in handlers:
             self._deliver(handler, message.topic, message.payload)
+
+    def _hand_over_held(self) -> None:
+        """Deliver, in arrival order, held messages that now have a handler. Only the uplink thread
+        delivers, so replayed and live messages reach a handler in the order the broker sent them."""
+        if not self._unclaimed:
+            return
+        still_held: deque[tuple[str, bytes]] = deque(maxlen=UNCLAIMED_KEPT)
+        while self._unclaimed:
+            topic, payload = self._unclaimed.popleft()
+            handlers = self._handlers_for(topic)
+            if not handlers:
+                still_held.append((topic, payload))
+            for handler in handlers:
+                self._deliver(handler, topic, payload)
+        self._unclaimed = still_held
 
     def _deliver(self, handler: MessageHandler, topic: str, payload: bytes) -> None:
         try:

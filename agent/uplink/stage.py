@@ -73,6 +73,9 @@ def build(agent: Agent, running: Running) -> UplinkStage | None:
         publisher = MqttPublisher(
             running.spool, cfg, agent.config.node.id, broker=broker, check_hostname=proxy is None
         )
+        if not agent.config.control.enabled:
+            # nothing will take commands: a kept session would go on receiving (and holding) them
+            publisher.session_expiry_s = 0
     except (UplinkError, ProfileError) as exc:
         if proxy is not None:
             proxy.stop()

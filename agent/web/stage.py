@@ -177,7 +177,13 @@ def disclose(config: Config) -> list[dict[str, Any]]:
             "topic": f"HTTP on {http.listen}" + (" (token required)" if protected else " (loopback only)"),
             "content": "a live preview while someone watches (at most "
             f"{http.preview_fps:g} images/s, {http.preview_width} px wide, privacy masks always blacked out, "
-            + ("faces redacted" if http.preview_faces else "faces NOT redacted (http.preview_faces = false)")
+            + (
+                "faces redacted"
+                if http.preview_faces and config.privacy.faces.redact
+                else "faces NOT redacted ("
+                + ("http.preview_faces = false" if not http.preview_faces else "privacy.faces.redact = false")
+                + ")"
+            )
             + "), the latest events with their thumbnails, the node's state (/status.json) and "
             "metrics (/metrics); nothing is recorded",
         }
