@@ -13,11 +13,14 @@ import itertools
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from agent.detect import Detection
+
+if TYPE_CHECKING:
+    from agent.config.schema import TrackConfig
 
 Box = tuple[float, float, float, float]
 
@@ -75,6 +78,16 @@ class TrackEvent:
 
 class Tracker:
     """Greedy IoU association of detections to tracks; emits appeared/left transitions."""
+
+    @classmethod
+    def from_config(cls, cfg: TrackConfig) -> Tracker:
+        return cls(
+            iou_match=cfg.iou_match,
+            confirm_hits=cfg.confirm_hits,
+            max_missed_s=cfg.max_missed_s,
+            stationary_after_s=cfg.stationary_after_s,
+            stationary_max_missed_s=cfg.stationary_max_missed_s,
+        )
 
     def __init__(
         self,

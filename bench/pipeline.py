@@ -146,13 +146,7 @@ class Agentlike:
         pipeline = Pipeline(
             detector=self.detector,
             gate=MotionGate(cfg.motion),
-            tracker=Tracker(
-                iou_match=cfg.track.iou_match,
-                confirm_hits=cfg.track.confirm_hits,
-                max_missed_s=cfg.track.max_missed_s,
-                stationary_after_s=cfg.track.stationary_after_s,
-                stationary_max_missed_s=cfg.track.stationary_max_missed_s,
-            ),
+            tracker=Tracker.from_config(cfg.track),
             factory=EventFactory("bench", Clock(), self.detector.info),
             emitter=EventEmitter(spool),
             events_cfg=cfg.events,
