@@ -358,22 +358,13 @@ def test_agent_with_a_node_bundle_delivers_events_over_mutual_tls(fleet: Fleet, 
 
 def test_checklist_broker_check_passes_with_the_node_bundle(fleet: Fleet, tmp_path: Path):
     bundle = fleet.root / "nodes" / "pole-a"
-    res = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "hw_tests" / "checklist"),
-            "--config-dir",
-            str(bundle),
-            "--only",
-            "broker",
-            "--broker",
-            f"mqtts://localhost:{fleet.port}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+
+    def broker_check(config_dir: Path) -> subprocess.CompletedProcess:
+        argv = ["--config-dir", str(config_dir), "--only", "broker", "--broker", f"mqtts://localhost:{fleet.port}"]
+        checklist = [sys.executable, str(ROOT / "hw_tests" / "checklist"), *argv]
+        return subprocess.run(checklist, capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+    res = broker_check(bundle)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "PASS broker" in res.stdout
     revoked_copy = tmp_path / "foreign"
@@ -383,20 +374,5 @@ def test_checklist_broker_check_passes_with_the_node_bundle(fleet: Fleet, tmp_pa
     assert provision(["--fleet", str(other), "add-node", "pole-a"]) == 0
     for name in ("node.crt", "node.key"):
         shutil.copy(other / "nodes/pole-a" / name, revoked_copy / name)
-    res = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "hw_tests" / "checklist"),
-            "--config-dir",
-            str(revoked_copy),
-            "--only",
-            "broker",
-            "--broker",
-            f"mqtts://localhost:{fleet.port}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    res = broker_check(revoked_copy)
     assert res.returncode == 1 and "FAIL broker" in res.stdout, res.stdout + res.stderr

@@ -350,29 +350,38 @@ class FixTracker:
         cur = self._cur
         cur.content = True
         cur.quality = quality
-        sats = _int(f[7]) if f[7] else 0
-        cur.gga_sats = sats if f[7] else cur.gga_sats
-        hdop = _dop(f[8])
-        if hdop is not None:
-            cur.hdop = hdop
+        sats = self._sats_and_hdop(f)
         if stuck:  # a receiver repeating its last GGA has lost lock (gpsd's "latch mode")
             self._set_mode(MODE_NO_FIX)
             return
-        position = _lat_lon(f, 2)
-        if position is None or quality == 0:
+        mode = self._position(f, sats) if quality else None
+        if mode is None:
             cur.mode = MODE_NO_FIX
             return
+        self._set_mode(MODE_NO_FIX if sats < 3 else mode)
+
+    def _sats_and_hdop(self, f: tuple[str, ...]) -> int:
+        """Satellites used and HDOP, where GGA and GNS both carry them (fields 7 and 8)."""
+        sats = _int(f[7]) if f[7] else 0
+        self._cur.gga_sats = sats if f[7] else self._cur.gga_sats
+        hdop = _dop(f[8])
+        if hdop is not None:
+            self._cur.hdop = hdop
+        return sats
+
+    def _position(self, f: tuple[str, ...], sats: int) -> int | None:
+        """Position and altitude of a GGA or GNS (fields 2-5 and 9): the fix mode they give, or None."""
+        position = _lat_lon(f, 2)
+        if position is None:
+            return None
+        cur = self._cur
         cur.lat, cur.lon = position
-        mode = MODE_2D
         alt = _float(f[9])
-        if alt is not None:
-            cur.alt_msl = alt
-            self._alt_known = True
-            if sats >= 4:
-                mode = MODE_3D
-        if sats < 3:
-            mode = MODE_NO_FIX
-        self._set_mode(mode)
+        if alt is None:
+            return MODE_2D
+        cur.alt_msl = alt
+        self._alt_known = True
+        return MODE_3D if sats >= 4 else MODE_2D
 
     def _rmc(self, f: tuple[str, ...], mono: float, done: list[Fix]) -> None:
         status = f[2][:1]
@@ -435,23 +444,10 @@ class FixTracker:
             return
         if len(f) > 13 and f[13][:1] in ("U", "V"):
             return
-        sats = _int(f[7]) if f[7] else 0
-        cur.gga_sats = sats if f[7] else cur.gga_sats
-        hdop = _dop(f[8])
-        if hdop is not None:
-            cur.hdop = hdop
-        position = _lat_lon(f, 2)
-        if position is None:
+        mode = self._position(f, self._sats_and_hdop(f))
+        if mode is None:
             cur.mode = MODE_NO_FIX
             return
-        cur.lat, cur.lon = position
-        mode = MODE_2D
-        alt = _float(f[9])
-        if alt is not None:
-            cur.alt_msl = alt
-            self._alt_known = True
-            if sats > 3:
-                mode = MODE_3D
         self._set_mode(mode)
 
     def _gsa(self, f: tuple[str, ...], mono: float, done: list[Fix]) -> None:

@@ -601,11 +601,7 @@ class ModemEmulator:
             if up.startswith("AT+QGPSCFG="):
                 return [], "OK", None
             if up == "AT+QGPS=1":
-                if self.gnss_on:
-                    return [], "+CME ERROR: 504", None
-                self.gnss_on = True
-                self._nmea_next = time.monotonic() + 0.2
-                return [], "OK", None
+                return self._gnss_start(already_on="+CME ERROR: 504")  # Quectel: session is ongoing
             if up == "AT+QGPS?":
                 return [f"+QGPS: {1 if self.gnss_on else 0}"], "OK", None
             if up == "AT+QGPSEND":
@@ -621,17 +617,21 @@ class ModemEmulator:
                     f"{sc.rsrq * 10},{sc.rsrp * 10},{sc.rssi * 10},{sc.sinr}"
                 ], "OK", None
             if up in ("AT+CGPS=1,1", "AT+CGPS=1"):
-                if self.gnss_on:
-                    return [], "ERROR", None
-                self.gnss_on = True
-                self._nmea_next = time.monotonic() + 0.2
-                return [], "OK", None
+                return self._gnss_start(already_on="ERROR")
             if up == "AT+CGPS?":
                 return [f"+CGPS: {1 if self.gnss_on else 0},1"], "OK", None
             if up == "AT+CGPS=0":
                 self.gnss_on = False
                 return [], "OK", None
         return None
+
+    def _gnss_start(self, *, already_on: str) -> tuple[list[str], str, Any]:
+        """Switch the GNSS engine on (NMEA follows shortly); a second switch-on is the vendor's error."""
+        if self.gnss_on:
+            return [], already_on, None
+        self.gnss_on = True
+        self._nmea_next = time.monotonic() + 0.2
+        return [], "OK", None
 
     # -- NMEA --------------------------------------------------------------------------------------
     def _nmea_due(self, now: float) -> None:
