@@ -26,6 +26,7 @@ from agent.events import EVENTS_STREAM, EventEmitter, EventFactory, JsonLinesOut
 from agent.motion import MotionGate
 from agent.paths import default_state_dir
 from agent.pipeline import Pipeline
+from agent.statelock import StateDirBusy, StateDirLock
 from agent.systemd import Notifier
 from agent.track import Tracker
 from agent.uplink.spool import Priority, Record, Spool, SpoolLimits, SpoolUnavailable
@@ -204,18 +205,32 @@ class Agent:
         )
 
     def start(self) -> Running:
-        cfg = self.config
-        state_dir = state_dir_for(cfg)
+        state_dir = state_dir_for(self.config)
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise AgentError(f"cannot create state directory {state_dir}: {exc}") from None
+        try:
+            lock = StateDirLock(state_dir).acquire()  # before anything reads or writes the state
+        except StateDirBusy as exc:
+            raise AgentError(str(exc)) from None
+        except OSError as exc:
+            raise AgentError(f"cannot lock state directory {state_dir}: {exc}") from None
+        stages: list[Stage] = [lock]  # stopped last, so the lock outlives every writer
+        try:
+            return self._build(state_dir, stages)
+        except BaseException:
+            self._stop_stages(stages)
+            raise
+
+    def _build(self, state_dir: Path, stages: list[Stage]) -> Running:
+        """Build and start the stages in order, appending each to `stages` as it starts."""
+        cfg = self.config
         source = choose_source(cfg, self.options.simulate)
         detector = self._load_detector(choose_model(cfg, source, state_dir))
         log.info(
             "model %s (%s…) on %s", detector.card.name, detector.sha256[:12], getattr(source, "name", "?")
         )
-        stages: list[Stage] = []
         try:
             spool = self._spool(state_dir).start()
         except SpoolUnavailable as exc:
@@ -265,15 +280,10 @@ class Agent:
         try:
             capture.start()
         except SourceError as exc:
-            self._stop_stages(stages)
             raise AgentError(str(exc)) from None
         stages.append(capture)
         self.running = Running(spool, capture, detector, pipeline, factory, self.clock, state_dir, stages)
-        try:
-            self._start_optional_stages(self.running)
-        except Exception:
-            self._stop_stages(stages)
-            raise
+        self._start_optional_stages(self.running)
         for hook in self._on_started:
             hook(self.running)
         return self.running
@@ -304,12 +314,29 @@ class Agent:
                 max_frames=self.options.max_frames,
                 heartbeat=self.notifier.ping,
             )
+            self._drain_at_end(running)
         except SourceError as exc:
             raise AgentError(str(exc)) from None
         finally:
             self.notifier.stopping()
             self.stop()
         return self.exit_code
+
+    def _drain_at_end(self, running: Running) -> None:
+        """A finite source ended by itself: give the uplink a bounded chance to deliver what is spooled."""
+        limit = self.config.uplink.drain_at_end_s
+        if self.stop_event.is_set() or not limit or "uplink" not in running.extras:
+            return
+        self.notifier.send("STATUS=delivering the spool before exiting")
+        deadline = time.monotonic() + limit
+        while not self.stop_event.is_set() and time.monotonic() < deadline:
+            self.notifier.ping()  # alive: the uplink is working through the spool
+            if running.spool.wait_drained(min(0.5, max(0.0, deadline - time.monotonic()))):
+                log.info("spool drained; exiting")
+                return
+        left = running.spool.stats()["depth"]
+        if left:
+            log.warning("exiting with %d record(s) still spooled; they are sent on the next start", left)
 
     def stop(self) -> None:
         self.stop_event.set()

@@ -122,7 +122,11 @@ def make_tls(folder: Path, client_cn: str = "sim-node") -> TlsFiles:
 class Mosquitto:
     """A mosquitto process on a fixed free port, which can be stopped, killed and started again."""
 
-    def __init__(self, folder: Path, *, tls: TlsFiles | None = None, extra: str = "") -> None:
+    def __init__(
+        self, folder: Path, *, tls: TlsFiles | None = None, extra: str = "", persistent: bool = False
+    ) -> None:
+        """`persistent`: keep sessions and queued messages across clean restarts, and never drop what is
+        queued for an offline persistent subscriber (the oracle of the loss tests must see everything)."""
         self.folder = folder
         self.port = free_port()
         self.tls = tls
@@ -132,7 +136,11 @@ class Mosquitto:
         lines = [
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous true",
-            "persistence false",
+            *(
+                ["persistence true", f"persistence_location {folder}/", "max_queued_messages 0"]
+                if persistent
+                else ["persistence false"]
+            ),
             "log_dest stderr",
             "log_type error",
             "log_type warning",
@@ -169,6 +177,11 @@ class Mosquitto:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+    def restart(self) -> None:
+        """A clean restart (SIGTERM, wait for exit, start again on the same port)."""
+        self.stop()
+        self.start()
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

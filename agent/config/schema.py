@@ -278,6 +278,19 @@ class UplinkConfig(Section):
         default=None,
         description="Simulate only: a scripted link (profile name or file) between agent and broker.",
     )
+    drain_at_end_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="When a finite source ends (a video file, --max-frames), wait up to this long for the "
+        "spool to drain to the broker before exiting; 0: exit at once (what is left goes on the next start). "
+        "A signal (SIGTERM, Ctrl-C) never waits.",
+    )
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_as_text(cls, value: object) -> object:
+        """`protocol = 5` in TOML, or VIGIL_UPLINK__PROTOCOL=5, means the version "5"."""
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _broker_url(self) -> UplinkConfig:

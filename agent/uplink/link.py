@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -78,7 +79,9 @@ class LinkProxy:
         self._threads: list[threading.Thread] = []
         self.bytes_up = 0
         self.bytes_down = 0
+        self.bytes_blackholed = 0  # sent into a black hole: never delivered, never answered
         self.connections = 0
+        self._traffic = threading.Condition()  # notified as bytes move, for wait_for()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -104,6 +107,15 @@ class LinkProxy:
             self._server.close()
         for thread in self._threads:
             thread.join(2.0)
+
+    def wait_for(self, predicate: Callable[[LinkProxy], bool], timeout: float) -> bool:
+        """Wait until `predicate(self)` holds, re-checked as bytes move (tests and the fault harness)."""
+        with self._traffic:
+            return self._traffic.wait_for(lambda: predicate(self), timeout)
+
+    def _moved(self) -> None:
+        with self._traffic:
+            self._traffic.notify_all()
 
     def set_state(self, state: LinkState) -> None:
         with self._lock:
@@ -164,6 +176,9 @@ class LinkProxy:
                 except TimeoutError:
                     data = b""
                 if data and state.mode == "blackhole":
+                    if upward:
+                        self.bytes_blackholed += len(data)
+                        self._moved()
                     continue
                 if data:
                     pending.append((time.monotonic() + state.latency_s, data))
@@ -180,6 +195,7 @@ class LinkProxy:
                         else:
                             self.bytes_down += n
                         chunk = chunk[n:]
+                        self._moved()
         except OSError:
             pass
         finally:
