@@ -198,7 +198,7 @@ class Agent:
         # wall time as the clock knows it (GNSS-corrected when GNSS is what makes it trusted), so an NTP
         # step after a GNSS-only period does not make every queued record look ancient
         return Spool(
-            state_dir / "spool.db",
+            state_dir / "spool",
             limits=limits,
             clock_trusted=lambda: self.clock.state().trusted,
             wall=lambda: self.clock.wall_at(time.monotonic()),

@@ -89,7 +89,7 @@ def parked_only() -> SceneOptions:
 def run(source: FrameSource, detector: OnnxDetector, motion: MotionConfig, folder: Path) -> dict[str, Any]:
     """One pass of the pipeline over the whole source."""
     cfg = Config()
-    spool = Spool(folder / f"motion-{time.monotonic_ns()}.db").start()
+    spool = Spool(folder / f"motion-{time.monotonic_ns()}").start()
     spool.add_listener(lambda records: spool.ack(r.rowid for r in records))
     pipeline = Pipeline(
         detector=detector,

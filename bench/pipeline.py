@@ -141,7 +141,7 @@ class Agentlike:
         cfg = Config()
         cfg.motion.enabled = False
         self.runs += 1
-        spool = Spool(self.folder / f"bench-{self.runs}-{time.monotonic_ns()}.db").start()
+        spool = Spool(self.folder / f"bench-{self.runs}-{time.monotonic_ns()}").start()
         spool.add_listener(lambda records: spool.ack(r.rowid for r in records))  # as with no broker
         pipeline = Pipeline(
             detector=self.detector,
@@ -238,7 +238,7 @@ def components(args: argparse.Namespace, frames: list[np.ndarray], folder: Path)
     out["decode_nms"] = per_call_ms(
         lambda o: nms(*detector._decode(o, detector.card, detector.score_threshold)[:2], 0.45), outputs
     )
-    spool = Spool(folder / f"components-{time.monotonic_ns()}.db").start()
+    spool = Spool(folder / f"components-{time.monotonic_ns()}").start()
     spool.add_listener(lambda records: spool.ack(r.rowid for r in records))
     cfg.motion.enabled = False
     replay = Replay(detector, recorded)

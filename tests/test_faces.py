@@ -171,7 +171,7 @@ def test_models_fetch_centerface_from_a_mirror_and_load_it(tmp_path):
 def test_end_to_end_the_emitted_thumbnail_has_no_face(tmp_path: Path, faces, astronaut):
     """YOLOX finds the person, the pipeline emits object_appeared with a redacted thumbnail."""
     detector = load_detector(shared(YOLOX), classes=["person"])
-    spool = Spool(tmp_path / "spool.db").start()
+    spool = Spool(tmp_path / "spool").start()
     records = []
     spool.add_listener(records.extend)
     pipeline = Pipeline(

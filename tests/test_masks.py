@@ -148,7 +148,7 @@ def test_a_person_walking_inside_a_mask_is_never_detected(tmp_path):
     garden = Mask(name="garden", polygon=[(0.0, 0.7), (1.0, 0.7), (1.0, 1.0), (0.0, 1.0)])
 
     def run(masks: list[Mask]) -> list[dict]:
-        spool = Spool(tmp_path / f"spool-{len(masks)}.db").start()
+        spool = Spool(tmp_path / f"spool-{len(masks)}").start()
         records: list[dict] = []
         spool.add_listener(lambda recs: records.extend(json.loads(r.payload) for r in recs if r.is_json))
         detector = load_detector(DEFAULT_MODEL)

@@ -141,7 +141,7 @@ def test_pipeline_crops_on_motion_and_uses_the_whole_frame_on_keyframes(tmp_path
 
     person = (600.0, 300.0, 640.0, 400.0)
     detector = Planted([person], (720, 1280))
-    spool = Spool(tmp_path / "spool.db").start()
+    spool = Spool(tmp_path / "spool").start()
     pipeline = Pipeline(
         detector=detector,
         gate=MotionGate(MotionConfig(regions=True, keyframe_interval_s=100.0)),

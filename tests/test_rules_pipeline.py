@@ -58,7 +58,7 @@ PARKING_RULES = {
 
 class Run:
     def __init__(self, tmp_path: Path, rules: dict, options: SceneOptions, tracker: Tracker) -> None:
-        self.spool = Spool(tmp_path / "spool.db").start()
+        self.spool = Spool(tmp_path / "spool").start()
         self.records: list[dict] = []
         self.spool.add_listener(lambda recs: self.records.extend(json.loads(r.payload) for r in recs if r.is_json))
         detector = load_detector(DEFAULT_MODEL)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-import sqlite3
 import threading
 
 import pytest
@@ -35,7 +35,7 @@ class Clocks:
 
 @pytest.fixture
 def spool_path(tmp_path):
-    return tmp_path / "spool.db"
+    return tmp_path / "spool"
 
 
 def test_seq_and_id_are_assigned_at_commit_and_persist(spool_path):
@@ -129,11 +129,11 @@ def test_ten_times_the_budget_stays_within_budget_and_keeps_critical(spool_path)
     # eviction order: telemetry went first, so more of it was dropped than of event metadata
     event_drops = classes["event"]["drops"].get("budget", {"count": 0})["count"]
     assert classes["telemetry"]["drops"]["budget"]["count"] > event_drops
-    assert os.path.getsize(spool_path) <= budget
+    assert sum(p.stat().st_size for p in spool_path.iterdir()) <= budget
 
 
 def test_free_space_floor_is_respected(spool_path):
-    st = os.statvfs(spool_path.parent)
+    st = os.statvfs(spool_path.parent)  # the spool directory is created on start
     free = st.f_bavail * st.f_frsize
     limits = SpoolLimits(budget_bytes=10 << 30, free_floor_bytes=free - 512 * 1024, commit_interval_s=0.05)
     with Spool(spool_path, limits=limits) as spool:
@@ -217,44 +217,91 @@ def test_uptime_ages_persist_across_restarts(spool_path):
         assert spool.stats()["depth"] == 0
 
 
-def test_corrupt_spool_is_moved_aside_and_counters_survive_when_readable(spool_path):
+def segments(spool_path):
+    return sorted(spool_path.glob("seg-*.log"))
+
+
+def test_a_destroyed_spool_is_moved_aside_and_the_spool_goes_on(spool_path):
     with Spool(spool_path) as spool:
         for n in range(3):
             spool.accept(event(n))
         spool.flush()
-    garbage = b"this is not a database" * 100
-    spool_path.write_bytes(garbage)
-    for sfx in ("-wal", "-shm"):
-        if os.path.exists(str(spool_path) + sfx):
-            os.remove(str(spool_path) + sfx)
+    garbage = b"this is not a spool" * 100
+    (only,) = segments(spool_path)
+    only.write_bytes(garbage)
     with Spool(spool_path) as spool:
         assert spool.recovered_from is not None
         assert spool.recovered_from.read_bytes() == garbage  # moved aside, never deleted
+        assert spool.stats()["set_aside"] == [{"name": spool.recovered_from.name, "bytes": len(garbage)}]
         spool.accept(event(9))
         spool.flush()
         assert spool.stats()["depth"] == 1
 
 
-def test_damaged_pages_are_detected(spool_path):
+def test_damage_in_the_middle_is_set_aside_and_what_decodes_is_kept(spool_path):
     with Spool(spool_path) as spool:
         for n in range(300):
             spool.accept(with_thumb(n, 3000))
+            if n % 10 == 9:
+                spool.flush()  # many commits, so the damage hits some and spares others
         spool.flush()
-    size = os.path.getsize(spool_path)
-    with open(spool_path, "r+b") as fh:  # scribble over the middle of the file, keep the header
+    (only,) = segments(spool_path)
+    size = only.stat().st_size
+    with open(only, "r+b") as fh:  # scribble over the middle of the file
         fh.seek(size // 2)
         fh.write(os.urandom(8192))
     with Spool(spool_path) as spool:
         assert spool.recovered_from is not None
-        assert spool.seq("events") == 300  # the counters (early pages) were salvaged: seq continues
+        assert spool.seq("events") == 300  # seq continues: no seq is ever handed out twice
+        kept = spool.stats()["classes"]["event"]["depth"]
+        assert 250 < kept < 300  # the commits around the damage are lost, the rest is kept
+        records = spool.next_records(1000, max_priority=Priority.EVENT)
+        assert len(records) == kept and all(json.loads(r.payload)["seq"] == r.seq for r in records)
+        spool.accept(event(301))
+        spool.flush()
+        assert spool.seq("events") == 301
 
 
-def test_accept_never_waits_for_the_disk(spool_path):
-    """A stuck disk (the committer blocked) must not block the producer; overflow sheds low priority."""
+def test_a_power_cut_mid_commit_loses_only_that_commit(spool_path):
+    with Spool(spool_path) as spool:
+        for n in range(5):
+            spool.accept(event(n))
+        spool.flush()
+    (only,) = segments(spool_path)
+    whole = only.read_bytes()
+    with Spool(spool_path) as spool:
+        for n in range(5, 8):
+            spool.accept(event(n))
+        spool.flush()
+    grown = only.read_bytes()
+    only.write_bytes(grown[: len(whole) + (len(grown) - len(whole)) // 2])  # the last write half on disk
+    with Spool(spool_path) as spool:
+        assert spool.recovered_from is None  # a torn tail is normal after a power cut, not damage
+        assert spool.seq("events") == 5
+        assert [r.seq for r in spool.next_records(10)] == [1, 2, 3, 4, 5]
+        spool.accept(event(9))
+        spool.flush()
+        assert spool.seq("events") == 6  # the lost commit was never accepted: its seqs are given again
+
+
+def test_accept_never_waits_for_the_disk(spool_path, monkeypatch):
+    """A stuck disk (an fdatasync that does not return) must not block the producer; overflow sheds
+    low priority first."""
     limits = SpoolLimits(max_pending_bytes=64 * 1024)
     spool = Spool(spool_path, limits=limits).start()
+    stuck = threading.Event()
+    released = threading.Event()
+    real_append = spool._store._log.append
+
+    def stuck_append(chunks):
+        stuck.set()
+        released.wait(30)
+        return real_append(chunks)
+
+    monkeypatch.setattr(spool._store._log, "append", stuck_append)
     try:
-        spool._lock.acquire()  # simulate an fsync that does not return
+        spool.accept(event(0))
+        assert stuck.wait(10)  # the committer is now inside a write that does not return
         done = threading.Event()
 
         def produce():
@@ -266,7 +313,7 @@ def test_accept_never_waits_for_the_disk(spool_path):
         threading.Thread(target=produce).start()
         assert done.wait(10)
     finally:
-        spool._lock.release()
+        released.set()
     spool.flush()
     stats = spool.stats()
     spool.stop()
@@ -280,8 +327,8 @@ def test_readonly_stats_of_a_spool_in_use(spool_path):
         spool.flush()
         stats = Spool.read_stats(spool_path)
     assert stats["depth"] == 1 and stats["seq"] == {"events": 1}
-    with pytest.raises(sqlite3.Error):
-        Spool.read_stats(spool_path.with_name("missing.db"))
+    with pytest.raises(FileNotFoundError):
+        Spool.read_stats(spool_path.with_name("missing"))
 
 
 def test_rowids_are_never_reused(spool_path):
@@ -292,6 +339,7 @@ def test_rowids_are_never_reused(spool_path):
         (first,) = spool.next_records(5)
         spool.ack([first.rowid])
         spool.flush()
+    with Spool(spool_path) as spool:  # and not after a restart with nothing left waiting either
         spool.accept(event(2))
         spool.flush()
         (second,) = spool.next_records(5)
@@ -299,23 +347,20 @@ def test_rowids_are_never_reused(spool_path):
 
 
 def test_a_locked_spool_is_left_alone(spool_path):
-    """Another process holding the database is not corruption: nothing is moved aside."""
+    """Another process holding the spool is not damage: nothing is moved aside."""
     from agent.uplink.spool import SpoolUnavailable
 
     with Spool(spool_path) as spool:
         spool.accept(event(1))
         spool.flush()
-    holder = sqlite3.connect(spool_path, timeout=0.1)
-    holder.execute("BEGIN EXCLUSIVE")
+    holder = os.open(spool_path / "LOCK", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
     try:
-        locked = Spool(spool_path)
-        locked._connect_timeout = 0.2
         with pytest.raises(SpoolUnavailable, match="another agent"):
-            locked.start()
+            Spool(spool_path).start()
     finally:
-        holder.rollback()
-        holder.close()
-    assert not list(spool_path.parent.glob("spool.db.corrupt-*"))
+        os.close(holder)
+    assert not list(spool_path.glob("*.corrupt-*"))
     with Spool(spool_path) as spool:
         assert spool.stats()["depth"] == 1
 
@@ -330,31 +375,31 @@ def test_unencodable_records_are_refused_and_commits_go_on(spool_path):
     assert stats["classes"]["event"]["drops"]["unencodable"]["count"] == 1
 
 
-def test_a_failed_transaction_is_retried_without_duplicating_committed_ones(spool_path, monkeypatch):
-    limits = SpoolLimits(budget_bytes=2 * 1024 * 1024, commit_interval_s=0.05)  # 64 kB transactions
+def test_a_failed_commit_is_retried_without_duplicating_committed_ones(spool_path, monkeypatch):
     committed = []
-    with Spool(spool_path, limits=limits) as spool:
+    with Spool(spool_path, limits=SpoolLimits(commit_interval_s=0.05)) as spool:
         spool.add_listener(committed.extend)
-        real = spool._commit_chunk
+        real = spool._store._log.append
         calls = {"n": 0}
 
-        def flaky(*args):
+        def flaky(chunks):
             calls["n"] += 1
-            if calls["n"] == 2:
-                raise sqlite3.OperationalError("disk I/O error")
-            return real(*args)
+            if calls["n"] == 3:
+                raise OSError(5, "Input/output error")
+            return real(chunks)
 
-        monkeypatch.setattr(spool, "_commit_chunk", flaky)
-        spool._lock.acquire()  # queue everything first so it is committed in one pass of several chunks
-        try:
-            for n in range(40):
-                spool.accept(with_thumb(n, 6000))
-        finally:
-            spool._lock.release()
+        monkeypatch.setattr(spool._store._log, "append", flaky)
+        for n in range(40):
+            spool.accept(with_thumb(n, 6000))
+            if n % 8 == 7:
+                assert spool.flush()
         assert spool.flush()
         seqs = [r.seq for r in committed if r.stream == "events"]
-    assert calls["n"] > 2
-    assert sorted(seqs) == list(range(1, 41))  # every event once: no re-inserted copies with new seqs
+        assert spool.stats()["classes"]["event"]["depth"] == 40
+    assert calls["n"] > 3
+    assert sorted(seqs) == list(range(1, 41))  # every event once: no re-written copies with new seqs
+    with Spool(spool_path) as spool:  # and on disk too
+        assert sorted(r.seq for r in spool.next_records(100, max_priority=Priority.EVENT)) == list(range(1, 41))
 
 
 def test_other_stages_persist_small_state_with_commits(spool_path):

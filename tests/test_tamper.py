@@ -76,7 +76,7 @@ class Harness:
     """TamperStage → EventEmitter → a real spool; returns the committed events."""
 
     def __init__(self, tmp_path: Path, cfg: TamperConfig | None = None) -> None:
-        self.spool = Spool(tmp_path / "spool.db").start()
+        self.spool = Spool(tmp_path / "spool").start()
         self.records: list[dict] = []
         self.spool.add_listener(lambda recs: self.records.extend(json.loads(r.payload) for r in recs))
         factory = EventFactory("tamper-node", Clock(), lambda: {"name": "none"})

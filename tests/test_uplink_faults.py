@@ -28,9 +28,9 @@ INFLIGHT = 20
 def drain(state: Path, broker_url: str, node: str) -> int:
     """Publish what a finished (or killed) agent left in its spool, with the agent's own spool and
     publisher code, in this process; returns the last event seq ever accepted."""
-    spool = Spool(state / "spool.db").start()
+    spool = Spool(state / "spool").start()
     accepted = spool.seq("events")
-    publisher = MqttPublisher(spool, UplinkConfig(broker=broker_url, reconnect_min_s=0.2), node).start()
+    publisher = MqttPublisher.from_config(spool, UplinkConfig(broker=broker_url, reconnect_min_s=0.2), node).start()
     try:
         assert spool.wait_drained(60), "the spool did not drain"
     finally:

@@ -29,7 +29,7 @@ def broker(tmp_path):
 
 @pytest.fixture
 def spool(tmp_path):
-    s = Spool(tmp_path / "spool.db", limits=SpoolLimits(commit_interval_s=0.05)).start()
+    s = Spool(tmp_path / "spool", limits=SpoolLimits(commit_interval_s=0.05)).start()
     yield s
     s.stop()
 
@@ -55,7 +55,7 @@ def seqs_of(messages, node="node-1"):
 
 def publisher(spool: Spool, url: str, **cfg) -> MqttPublisher:
     config = UplinkConfig(broker=url, reconnect_min_s=0.2, reconnect_max_s=1.0, keepalive_s=5, **cfg)
-    return MqttPublisher(spool, config, "node-1", broker=BrokerUrl.parse(url))
+    return MqttPublisher.from_config(spool, config, "node-1", broker=BrokerUrl.parse(url))
 
 
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
@@ -260,7 +260,7 @@ def test_tls_with_client_certificate(tmp_path, spool):
     b = Mosquitto(tmp_path / "tls-broker", tls=tls).start()
     try:
         sub = Collector(b.url.replace("mqtts://", "mqtts://"), ["vigil/#"], tls=tls, client_id="operator")
-        pub = MqttPublisher(
+        pub = MqttPublisher.from_config(
             spool,
             UplinkConfig(
                 broker=f"mqtts://localhost:{b.port}",
@@ -275,7 +275,7 @@ def test_tls_with_client_certificate(tmp_path, spool):
         pub.stop()
         sub.close()
         # without a client certificate the broker refuses, and the publisher says why
-        no_cert = MqttPublisher(
+        no_cert = MqttPublisher.from_config(
             spool, UplinkConfig(broker=f"mqtts://localhost:{b.port}", tls={"ca_file": tls.ca}), "node-2"
         ).start()
         deadline = time.monotonic() + 10
@@ -316,15 +316,23 @@ def test_thumbnail_matches_its_event(broker, spool):
 def test_a_refused_command_subscription_is_reported_not_claimed(spool, caplog):
     """Brokers that refuse a subscription say so in the SUBACK (RabbitMQ, EMQX; Mosquitto 2.0 grants it
     and then delivers nothing); the node must not keep telling operators it takes commands."""
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.reasoncodes import ReasonCode
+    from agent.uplink.mqtt.session import SessionEvents
 
-    pub = publisher(spool, "mqtt://127.0.0.1:1")  # never started: the SUBACK is handed in directly
-    pub._sub_mids, pub._listening = {7: "cmd/#", 8: "cfg/#"}, ["cfg/#", "cmd/#"]
-    pub._on_subscribe(None, None, 8, [ReasonCode(PacketTypes.SUBACK, identifier=1)], None)
+    class FakeSession:  # the SUBACKs a session's callbacks collected
+        def __init__(self, subacks):
+            self.events = SessionEvents(subacks=subacks)
+
+        def take_events(self):
+            events, self.events = self.events, SessionEvents()
+            return events
+
+    pub = publisher(spool, "mqtt://127.0.0.1:1")  # never started: the SUBACKs are handed in directly
+    pub._listening = ["cfg/#", "cmd/#"]
+    pending = {7: "cmd/#", 8: "cfg/#"}
+    pub._handle(FakeSession([(8, False, "Granted QoS 1")]), None, pending)
     assert pub._listening == ["cfg/#", "cmd/#"] and not pub._status_dirty.is_set()
     with caplog.at_level("WARNING", logger="agent.uplink.mqtt"):
-        pub._on_subscribe(None, None, 7, [ReasonCode(PacketTypes.SUBACK, identifier=0x87)], None)
+        pub._handle(FakeSession([(7, True, "Not authorized")]), None, pending)
     assert pub._listening == ["cfg/#"] and pub._status_dirty.is_set()
     assert "refused the subscription to vigil/node-1/cmd/#" in caplog.text
-    assert json.loads(pub._status_payload("online"))["listening"] == ["cfg/#"]
+    assert json.loads(pub.status_payload("online"))["listening"] == ["cfg/#"]

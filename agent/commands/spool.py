@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 from pathlib import Path
 
@@ -26,13 +25,17 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if state_dir is None:
         cfg = load_config(args.config).config if args.config else None
         state_dir = cfg.node.state_dir if cfg and cfg.node.state_dir else default_state_dir()
-    path = Path(state_dir).expanduser() / "spool.db"
-    if not path.exists():
-        print(f"agent: no spool at {path} (has the agent run with this state directory?)", file=sys.stderr)
+    path = Path(state_dir).expanduser() / "spool"
+    if not path.is_dir():
+        if path.with_name("spool.db").exists():
+            print(f"agent: {path.with_name('spool.db')} is an older agent's spool; it is converted when the "
+                  "agent next starts", file=sys.stderr)  # fmt: skip
+        else:
+            print(f"agent: no spool at {path} (has the agent run with this state directory?)", file=sys.stderr)
         return 1
     try:
         stats = Spool.read_stats(path)
-    except sqlite3.Error as exc:
+    except (OSError, ValueError) as exc:
         print(f"agent: cannot read spool {path}: {exc}", file=sys.stderr)
         return 1
     if args.json:

@@ -255,9 +255,7 @@ class LiveConfig:
         elif key.startswith("uplink."):
             publisher = getattr(self.running.extras.get("uplink"), "publisher", None)
             if publisher is not None:
-                publisher.cfg = cfg.uplink
-                publisher.budget.per_second = cfg.uplink.max_bytes_per_s
-                publisher.budget.per_day = cfg.uplink.max_bytes_per_day
+                publisher.reconfigure(cfg.uplink)
 
 
 def apply_detect(detector: Any, cfg: Config) -> None:

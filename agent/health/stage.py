@@ -133,8 +133,8 @@ def build(agent: Agent, running: Running) -> HealthStage:
     running.capture.on_state = on_state
     uplink = running.extras.get("uplink")
     publisher = getattr(uplink, "publisher", None)
-    if publisher is not None and hasattr(publisher, "status_extra"):
-        publisher.status_extra = stage.summary
+    if publisher is not None and hasattr(publisher, "set_status_extra"):
+        publisher.set_status_extra(stage.summary)
     return stage
 
 

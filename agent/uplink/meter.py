@@ -1,8 +1,10 @@
-"""Link measurement and byte budgets: what the uplink achieves, and what it may spend."""
+"""Link measurement and byte budgets: what the uplink achieves, what it may spend, and thumbnails made
+smaller when the link or the budget cannot carry them."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import threading
 import time
@@ -151,6 +153,62 @@ class ByteBudget:
             self._tokens -= size
         if self.per_day and time.monotonic() - self._saved_at > self.SAVE_EVERY_S:
             self.save()
+
+
+DEGRADED_MARK = b"vigil-degraded original-sha256="
+SLOW_THUMBNAIL_S = 5.0  # a thumbnail that would occupy the link longer than this goes smaller
+
+
+class ThumbnailShrinker:
+    """Under a slow link, or past half the day's byte budget, a thumbnail goes at half size and lower
+    quality instead of waiting for bandwidth it will not get; metadata never shrinks.
+
+    The smaller JPEG carries a comment naming the original's sha256 (the one in its event's
+    `thumb.sha256`), so a consumer can tell a degraded thumbnail from a corrupted one over any MQTT
+    version; with MQTT 5 it also goes with the user property `vigil-degraded`. Each record is
+    shrunk once, however often it is retried."""
+
+    KEPT = 16
+
+    def __init__(self, budget: ByteBudget, per_second: float | None) -> None:
+        self.budget = budget
+        self.per_second = per_second
+        self.degraded = 0
+        self._made: dict[int, bytes | None] = {}
+
+    def needed(self, size: int, rate: float | None) -> bool:
+        if self.per_second:
+            rate = min(rate or self.per_second, self.per_second)
+        if self.budget.per_day and self.budget.day_fraction() > 0.5:
+            return True
+        return rate is not None and size / rate > SLOW_THUMBNAIL_S
+
+    def shrink(self, rowid: int, jpeg: bytes) -> bytes | None:
+        """The smaller copy of record `rowid`'s JPEG, or None when it cannot get smaller."""
+        if rowid not in self._made:
+            smaller = degrade_jpeg(jpeg)
+            if smaller is not None:
+                smaller = mark_degraded(smaller, hashlib.sha256(jpeg).hexdigest())
+                self.degraded += 1
+            self._made[rowid] = smaller
+            if len(self._made) > self.KEPT:
+                del self._made[next(iter(self._made))]
+        return self._made[rowid]
+
+
+def mark_degraded(jpeg: bytes, original_sha256: str) -> bytes:
+    """Insert a JPEG comment (COM segment) right after the start-of-image marker."""
+    text = DEGRADED_MARK + original_sha256.encode()
+    return jpeg[:2] + b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text + jpeg[2:]
+
+
+def degraded_original(jpeg: bytes) -> str | None:
+    """The original's sha256 named by a degraded thumbnail, or None for an original."""
+    if jpeg[2:4] != b"\xff\xfe":
+        return None
+    length = int.from_bytes(jpeg[4:6], "big")
+    text = jpeg[6 : 4 + length]
+    return text[len(DEGRADED_MARK) :].decode() if text.startswith(DEGRADED_MARK) else None
 
 
 def degrade_jpeg(jpeg: bytes, *, scale: float = 0.5, quality: int = 50) -> bytes | None:

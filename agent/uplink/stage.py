@@ -70,12 +70,15 @@ def build(agent: Agent, running: Running) -> UplinkStage | None:
             runner = ProfileRunner(proxy, profile)
             log.info("link profile %s between the agent and %s", profile.name, broker)
             broker = BrokerUrl(host, port, broker.tls)
-        publisher = MqttPublisher(
-            running.spool, cfg, agent.config.node.id, broker=broker, check_hostname=proxy is None
+        publisher = MqttPublisher.from_config(
+            running.spool,
+            cfg,
+            agent.config.node.id,
+            broker=broker,
+            check_hostname=proxy is None,
+            # nothing takes commands without the control plane: a kept session would hold them
+            takes_commands=agent.config.control.enabled,
         )
-        if not agent.config.control.enabled:
-            # nothing will take commands: a kept session would go on receiving (and holding) them
-            publisher.session_expiry_s = 0
     except (UplinkError, ProfileError) as exc:
         if proxy is not None:
             proxy.stop()

@@ -1,0 +1,199 @@
+"""One MQTT connection, from CONNECT to its end: a fresh paho client, its CONNACK, its packet ids
+and what its callbacks saw.
+
+Nothing outlives a session. paho numbers publishes per client (a new client starts again at 1) and
+reports a publish as done only on its PUBACK; so the publisher opens one Session per connection and
+settles in-flight records only with acknowledgements this very session received. Whatever was in
+flight when a connection ended stays in the spool and goes again on the next one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.uplink.mqtt.settings import PublisherSettings
+
+CONNACK_TIMEOUT_S = 15.0
+
+
+@dataclass(frozen=True)
+class Ack:
+    """A PUBACK: the packet id it settles and, with MQTT 5, the broker's reason code."""
+
+    mid: int
+    code: int
+    failure: bool
+    reason: str
+
+
+@dataclass
+class SessionEvents:
+    """What the callbacks saw since the publisher last looked (drained by the publisher's thread)."""
+
+    acks: list[Ack] = field(default_factory=list)
+    subacks: list[tuple[int, bool, str]] = field(default_factory=list)  # mid, refused, reason codes
+    messages: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+class Session:
+    """`open()`, then `publish()`/`subscribe()` and `pump()` from one thread, then `close()`."""
+
+    def __init__(self, settings: PublisherSettings, will: bytes) -> None:
+        self.settings = settings
+        self.connected = False
+        self.refusal: str | None = None  # why the broker refused the connection
+        self.ended: str | None = None  # why the connection ended
+        self.events = SessionEvents()
+        self._lock = threading.Lock()
+        self.client = self._client(will)
+
+    def _client(self, will: bytes) -> paho.Client:
+        s = self.settings
+        client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=s.node_id,
+            protocol=paho.MQTTv5 if s.v5 else paho.MQTTv311,
+            # a persistent session keeps the cmd/# subscription (and commands sent meanwhile) while away
+            clean_session=None if s.v5 else s.session_expiry_s == 0,
+        )
+        client.max_inflight_messages_set(max(s.inflight, 1) + 2)  # the window, plus status messages
+        client.max_queued_messages_set(0)
+        client.connect_timeout = 10.0
+        if s.username:
+            client.username_pw_set(s.username, s.password)
+        if s.broker.tls:
+            context = ssl.create_default_context(
+                ssl.Purpose.SERVER_AUTH, cafile=str(s.ca_file) if s.ca_file else None
+            )
+            context.check_hostname = s.check_hostname
+            if s.cert_file and s.key_file:
+                context.load_cert_chain(str(s.cert_file), str(s.key_file))
+            client.tls_set_context(context)
+        client.will_set(f"{s.base}/status", will, qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
+
+    # -- connecting -------------------------------------------------------------------------------
+    def open(self, stop: threading.Event) -> None:
+        """Connect and wait for the CONNACK; ConnectionError with the reason otherwise."""
+        s = self.settings
+        try:
+            if s.v5:
+                properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                properties.SessionExpiryInterval = s.session_expiry_s
+                self.client.connect(
+                    s.broker.host,
+                    s.broker.port,
+                    keepalive=s.keepalive_s,
+                    clean_start=s.session_expiry_s == 0,
+                    properties=properties,
+                )
+            else:
+                self.client.connect(s.broker.host, s.broker.port, keepalive=s.keepalive_s)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConnectionError(f"cannot connect: {exc}") from None
+        sock = self.client.socket()
+        if sock is not None and hasattr(sock, "setsockopt"):
+            # small QoS 1 publishes must not wait for Nagle's algorithm (40 ms stalls per round trip)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        deadline = time.monotonic() + CONNACK_TIMEOUT_S
+        while not self.connected and self.refusal is None:
+            if stop.is_set() or time.monotonic() > deadline:
+                self.client.disconnect()
+                raise ConnectionError("no CONNACK from the broker")
+            if self.client.loop(timeout=0.1) != paho.MQTT_ERR_SUCCESS and not self.connected:
+                break
+        if not self.connected:
+            raise ConnectionError(self.refusal or "connection closed before CONNACK")
+
+    # -- while connected ----------------------------------------------------------------------------
+    def publish(
+        self, topic: str, payload: bytes, *, retain: bool, properties: Properties | None = None
+    ) -> int | None:
+        """QoS 1; the packet id, or None when paho could not take it (the reason is in `ended`)."""
+        info = self.client.publish(topic, payload, qos=1, retain=retain, properties=properties)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            self.ended = f"publish: {paho.error_string(info.rc)}"
+            return None
+        return info.mid
+
+    def subscribe(self, topic: str) -> int | None:
+        _rc, mid = self.client.subscribe(topic, qos=1)
+        return mid
+
+    def pump(self, timeout: float) -> bool:
+        """Move bytes both ways (waiting up to `timeout` for some); False once the connection is gone."""
+        rc = self.client.loop(timeout=timeout)
+        if rc != paho.MQTT_ERR_SUCCESS:
+            self.ended = self.ended or f"network loop: {paho.error_string(rc)}"
+            self.connected = False
+        return self.connected
+
+    def take_events(self) -> SessionEvents:
+        with self._lock:
+            events, self.events = self.events, SessionEvents()
+        return events
+
+    def abort(self, reason: str) -> None:
+        """End the connection now (e.g. no PUBACK for too long); nothing in flight counts as sent."""
+        self.ended = reason
+        self.connected = False
+        with contextlib.suppress(Exception):
+            self.client.disconnect()
+
+    def close(self, goodbye: tuple[str, bytes] | None = None, wait_s: float = 1.0) -> None:
+        """Say goodbye (e.g. a retained offline status) if still connected, then disconnect."""
+        if self.connected and goodbye is not None:
+            info = self.client.publish(goodbye[0], goodbye[1], qos=1, retain=True)
+            deadline = time.monotonic() + wait_s
+            while not info.is_published() and time.monotonic() < deadline and self.connected:
+                self.client.loop(timeout=0.05)
+        with contextlib.suppress(Exception):
+            self.client.disconnect()
+            self.client.loop(timeout=0.1)
+        self.connected = False
+
+    # -- paho callbacks (on the publisher's thread, inside loop()) ---------------------------------
+    def _on_connect(self, _client: Any, _userdata: Any, _flags: Any, reason_code: Any, _props: Any) -> None:
+        if reason_code.is_failure:
+            self.refusal = f"broker refused the connection: {reason_code}"
+            return
+        self.connected = True
+
+    def _on_disconnect(
+        self, _client: Any, _userdata: Any, _flags: Any, reason_code: Any, _props: Any
+    ) -> None:
+        if self.connected:
+            self.ended = self.ended or f"disconnected ({reason_code})"
+        self.connected = False
+
+    def _on_publish(self, _client: Any, _userdata: Any, mid: int, reason_code: Any, _props: Any) -> None:
+        code = int(getattr(reason_code, "value", 0))
+        failure = bool(getattr(reason_code, "is_failure", False))
+        with self._lock:
+            self.events.acks.append(Ack(mid, code, failure, str(reason_code)))
+
+    def _on_subscribe(self, _client: Any, _userdata: Any, mid: int, reason_codes: Any, _props: Any) -> None:
+        refused = any(rc.is_failure for rc in reason_codes)
+        with self._lock:
+            self.events.subacks.append((mid, refused, ", ".join(str(rc) for rc in reason_codes)))
+
+    def _on_message(self, _client: Any, _userdata: Any, message: paho.MQTTMessage) -> None:
+        with self._lock:
+            self.events.messages.append((message.topic, bytes(message.payload)))

@@ -1,0 +1,213 @@
+"""The spool's files: a directory of append-only segments. No threads, no policy.
+
+Why a log and not a database: on an SD card every commit costs at least one flash page, and a
+database rewrites its pages twice (journal and table) plus an index for each record and again when
+it is deleted. Here a commit is one `write` of the new entries and one `fdatasync`; an
+acknowledgement is eight bytes in the next commit; a segment whose records have all left is
+unlinked whole. Bytes written per accepted record stay close to the record itself
+(bench/wear.py measures it).
+
+A segment is never rewritten in place. The newest segment is the active one; when it is full, a
+new one starts with a STATE entry (counters, drop tallies, metadata) so that the newest segment
+alone carries everything a restart needs even after older segments are gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.uplink.spool import codec
+
+log = logging.getLogger(__name__)
+
+SEGMENT_NAME = re.compile(r"seg-(\d{10})\.log")
+
+
+class SpoolUnavailable(Exception):
+    """The spool cannot be used for a reason other than damage (locked by another process, no
+    permission, disk full at start); the files may be fine, so they are left alone."""
+
+
+@dataclass
+class Segment:
+    number: int
+    path: Path
+    fd: int
+    size: int
+
+    def read(self, offset: int, length: int) -> bytes:
+        return os.pread(self.fd, length, offset)
+
+
+@dataclass
+class Opened:
+    """What was on disk: committed groups per segment, oldest first, and what had to be set aside."""
+
+    groups: list[tuple[int, list[list[codec.Entry]]]] = field(default_factory=list)
+    set_aside: list[Path] = field(default_factory=list)
+    damage: list[str] = field(default_factory=list)
+    torn_bytes: int = 0
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SegmentLog:
+    """Append-only segments in one directory, written in committed groups."""
+
+    def __init__(self, directory: Path, *, segment_bytes: int) -> None:
+        self.directory = directory
+        self.segment_bytes = segment_bytes
+        self.segments: dict[int, Segment] = {}
+        self._lock_fd: int | None = None
+        self.bytes_written = 0  # what this process appended (entries and headers): SD wear accounting
+        self.syncs = 0
+
+    # -- opening ------------------------------------------------------------------------------------
+    def open(self) -> Opened:
+        """Lock the directory, read every segment, cut a torn tail, set damaged segments aside."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._lock()
+        except OSError as exc:
+            raise SpoolUnavailable(f"cannot open spool {self.directory}: {exc}") from None
+        opened = Opened()
+        numbers = sorted(
+            int(m.group(1)) for p in self.directory.iterdir() if (m := SEGMENT_NAME.fullmatch(p.name))
+        )
+        for index, number in enumerate(numbers):
+            path = self.directory / f"seg-{number:010d}.log"
+            data = path.read_bytes()
+            scan = codec.scan(data)
+            last = index == len(numbers) - 1
+            if not scan.header_ok and len(data) <= codec.HEADER_SIZE and last:
+                scan = codec.Scan([], 0, [])  # created, header not yet on disk: a power cut at rotation
+            if scan.damaged or not scan.header_ok or (not last and scan.end < len(data)):
+                # damage in the middle of a segment, or an older segment that does not end cleanly:
+                # keep what still decodes, move the file aside for forensics (never delete it)
+                aside = self._set_aside(path)
+                opened.set_aside.append(aside)
+                opened.damage.append(
+                    f"{path.name}: {len(scan.damaged)} damaged range(s), "
+                    f"{len(data) - scan.end} undecodable byte(s) at the end; moved to {aside.name}"
+                )
+                opened.groups.append((number, scan.groups))
+                continue
+            if scan.end < len(data):  # the torn tail of the active segment: never committed
+                opened.torn_bytes = len(data) - scan.end
+                with open(path, "r+b") as fh:
+                    fh.truncate(scan.end)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            self.segments[number] = self._open_segment(number, path)
+            opened.groups.append((number, scan.groups))
+        return opened
+
+    def _lock(self) -> None:
+        fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SpoolUnavailable(
+                f"spool {self.directory} is in use by another process (is another agent using the same "
+                "state directory?)"
+            ) from None
+        self._lock_fd = fd
+
+    def _set_aside(self, path: Path) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{os.getpid()}")
+        shutil.move(path, aside)
+        return aside
+
+    def _open_segment(self, number: int, path: Path) -> Segment:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        return Segment(number, path, fd, os.fstat(fd).st_size)
+
+    # -- writing ------------------------------------------------------------------------------------
+    @property
+    def active(self) -> Segment | None:
+        return self.segments[max(self.segments)] if self.segments else None
+
+    def needs_new_segment(self) -> bool:
+        active = self.active
+        return active is None or active.size >= self.segment_bytes
+
+    def start_segment(self, first_entries: bytes) -> Segment:
+        """A new active segment beginning with `first_entries` (a STATE snapshot and its COMMIT)."""
+        number = max(self.segments, default=0) + 1
+        path = self.directory / f"seg-{number:010d}.log"
+        segment = self._open_segment(number, path)
+        self.segments[number] = segment
+        self.append([codec.MAGIC + first_entries])
+        _fsync_dir(self.directory)
+        return segment
+
+    def append(self, chunks: list[bytes]) -> tuple[Segment, int]:
+        """Write `chunks` at the end of the active segment in one write, then fdatasync; returns the
+        segment and the offset of the first byte. On failure the segment is cut back to where it was,
+        so a failed commit leaves nothing half-written behind it."""
+        segment = self.active
+        assert segment is not None
+        data = b"".join(chunks)
+        start = segment.size
+        try:
+            written = os.pwrite(segment.fd, data, start)
+            if written != len(data):
+                raise OSError(f"short write ({written} of {len(data)} bytes)")
+            os.fdatasync(segment.fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(segment.fd, start)
+            raise
+        segment.size = start + len(data)
+        self.bytes_written += len(data)
+        self.syncs += 1
+        return segment, start
+
+    def retire(self, number: int) -> None:
+        """Unlink a segment none of whose records is still waiting (never the active one)."""
+        segment = self.segments.pop(number)
+        os.close(segment.fd)
+        segment.path.unlink(missing_ok=True)
+
+    def disk_bytes(self) -> int:
+        return sum(s.size for s in self.segments.values())
+
+    def close(self) -> None:
+        for segment in self.segments.values():
+            with contextlib.suppress(OSError):
+                os.close(segment.fd)
+        self.segments.clear()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def read_only_groups(directory: Path) -> list[tuple[int, list[list[codec.Entry]]]]:
+    """Committed groups of a spool another process may be writing (for `agent spool stats`)."""
+    found = []
+    for path in sorted(directory.glob("seg-*.log")):
+        match = SEGMENT_NAME.fullmatch(path.name)
+        if match is None:
+            continue
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            continue  # retired while we looked
+        found.append((int(match.group(1)), codec.scan(data).groups))
+    return found
