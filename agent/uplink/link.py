@@ -79,7 +79,8 @@ class LinkProxy:
         self._threads: list[threading.Thread] = []
         self.bytes_up = 0
         self.bytes_down = 0
-        self.bytes_blackholed = 0  # sent into a black hole: never delivered, never answered
+        self.bytes_blackholed = 0  # sent into a black hole towards the broker: never delivered
+        self.bytes_blackholed_down = 0  # answers from the broker (PUBACKs) that vanished the same way
         self.connections = 0
         self._traffic = threading.Condition()  # notified as bytes move, for wait_for()
 
@@ -178,7 +179,9 @@ class LinkProxy:
                 if data and state.mode == "blackhole":
                     if upward:
                         self.bytes_blackholed += len(data)
-                        self._moved()
+                    else:
+                        self.bytes_blackholed_down += len(data)
+                    self._moved()
                     continue
                 if data:
                     pending.append((time.monotonic() + state.latency_s, data))
