@@ -255,7 +255,7 @@ def test_a_flapping_stream_is_one_unstable_and_one_stable_event_not_a_storm(tmp_
         event_validator.validate(event)
 
 
-def test_an_absent_webcam_is_waited_for_and_the_agent_still_stops_within_two_seconds(tmp_path):
+def test_an_absent_webcam_is_waited_for_and_the_agent_still_stops_promptly(tmp_path):
     """What used to exit 1 ("cannot open webcam 7") and flap under systemd now waits, says why, and
     still stops promptly while it waits."""
     proc = subprocess.Popen(
@@ -264,7 +264,8 @@ def test_an_absent_webcam_is_waited_for_and_the_agent_still_stops_within_two_sec
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=agent_env(),
     )
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr or ()], daemon=True).start()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr or ()], daemon=True)
+    reader.start()
     seen: list[str] = []
     try:
         while not any("retrying in" in line for line in seen):
@@ -279,4 +280,11 @@ def test_an_absent_webcam_is_waited_for_and_the_agent_still_stops_within_two_sec
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0 and elapsed < 2.0
+    reader.join(10)  # the rest of the log, to its end
+    while not lines.empty():
+        seen.append(lines.get())
+    # waiting for a camera never blocks shutdown (the 2 s promise itself is test_agent_e2e's, on an idle
+    # machine; a shared one stretches process teardown)
+    assert proc.returncode == 0 and elapsed < 5.0
+    assert any("stopped in" in line for line in seen)
+    assert not any("capture thread did not stop" in line for line in seen)

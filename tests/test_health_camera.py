@@ -111,8 +111,6 @@ def test_a_frozen_picture_is_reported_and_its_end_too(tmp_path):
 class FakeCapture:
     """The capture stage as camera health sees it (`snapshot()`), moved by hand on a fake clock."""
 
-    waits_for_source = True
-
     def __init__(self, clock: list[float], state: str = STREAMING) -> None:
         self.clock = clock
         self.state, self.reason, self.since = state, None, clock[0]

@@ -93,6 +93,7 @@ class CaptureSnapshot:
     attempts: int  # failed open attempts in the current outage
     retry_at: float | None  # monotonic instant of the next open attempt while waiting for the source
     down_s: float  # seconds a live source was away, over the outages that have ended
+    live: bool = True  # the source produces frames in real time (a camera), so silence means trouble
 
     @property
     def streaming(self) -> bool:
@@ -234,6 +235,7 @@ class CaptureStage:
                 attempts=self._attempts,
                 retry_at=self._retry_at,
                 down_s=self._down_s,
+                live=self.source.live,
             )
 
     def _set_state(self, state: str, reason: str | None) -> None:

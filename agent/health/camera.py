@@ -51,12 +51,10 @@ def frame_signature(image: np.ndarray) -> int:
 
 
 class CaptureView(Protocol):
-    """What camera health needs of the capture stage."""
+    """What camera health needs of the capture stage (connecting and reconnecting happen only to
+    live sources it waits for; recordings go from streaming to ended)."""
 
     def snapshot(self) -> CaptureSnapshot: ...
-
-    @property
-    def waits_for_source(self) -> bool: ...
 
 
 @dataclass
@@ -156,7 +154,7 @@ class CameraHealth:
         log.error("camera unstable: %s", reason)
 
     def _judge_stream(self, snap: CaptureSnapshot, now: float, out: list[tuple[str, dict[str, Any]]]) -> None:
-        if snap.state in (CONNECTING, RECONNECTING) and self.capture.waits_for_source:
+        if snap.state in (CONNECTING, RECONNECTING):
             self._calm_since = now
             last = snap.last_frame_mono if snap.last_frame_mono is not None else snap.since
             if now - last >= self.cfg.lost_after_s:
@@ -172,7 +170,7 @@ class CameraHealth:
         if self.reported == CONNECTING and not self.problems:
             self.reported = "unstable" if self.episode else "ok"  # the first frames: worth a status update
             out.append(("", {}))
-        if not self.capture.waits_for_source or snap.last_frame_mono is None:
+        if not snap.live or snap.last_frame_mono is None:
             return
         silent = now - snap.last_frame_mono
         if silent >= self.cfg.stalled_after_s:
@@ -271,7 +269,7 @@ class CameraHealth:
             if kind in self.problems:
                 return kind
         snap = self._snapshot
-        if snap.state in (CONNECTING, RECONNECTING) and self.capture.waits_for_source:
+        if snap.state in (CONNECTING, RECONNECTING):
             return snap.state
         return "unstable" if self.episode is not None else "ok"
 
