@@ -2,7 +2,8 @@
 Mosquitto as its uplink, FFmpeg serving a real MPEG-TS stream over HTTP (the OpenCV/FFmpeg path an RTSP
 camera takes), the status page over HTTP and systemd's notify protocol on a real socket.
 
-- A camera that boots 20 s after the agent: everything else runs meanwhile, one critical
+- A camera that boots 20 s after the agent: everything else (uplink, emulated LTE modem, status page,
+  telemetry) runs meanwhile, one critical
   `camera_lost` leaves for the broker, the page and telemetry say the camera is lost, systemd keeps
   hearing the watchdog, and `camera_recovered` follows when the stream appears.
 - A camera whose stream ends every two seconds: one `camera_unstable` instead of a storm (the code
@@ -130,7 +131,7 @@ def test_a_camera_that_boots_20s_after_the_agent_is_waited_for_and_reported(tmp_
         "telemetry": {"interval_s": 5},
         "http": {"listen": f"127.0.0.1:{http_port}"},
         "events": {"stdout": False},
-        "modem": {"mode": "off"},
+        "modem": {"port": "vigilemu://pole7", "poll_interval_s": 1.0},  # the built-in emulated EC25
         "gnss": {"source": "none"},
     }))
     log = (tmp_path / "agent.log").open("w")
@@ -154,14 +155,17 @@ def test_a_camera_that_boots_20s_after_the_agent_is_waited_for_and_reported(tmp_
         assert "not opened since start" in lost["reason"] and "secret" not in json.dumps(lost)
         assert lost_at - started >= 10
         # The status page and telemetry say so meanwhile; the retained status too.
-        assert collector.wait_for(
-            lambda ms: any(t["camera"]["stream"] == "lost" and t["camera"]["ok"] is False for t in telemetry(ms)), 20
-        ), [t["camera"] for t in telemetry(collector.snapshot())]
+        def lost_with_modem_online(t: dict[str, Any]) -> bool:
+            return t["camera"]["stream"] == "lost" and t["camera"]["ok"] is False and t["modem"]["state"] == "online"
+
+        assert collector.wait_for(lambda ms: any(lost_with_modem_online(t) for t in telemetry(ms)), 20), [
+            (t["camera"], t["modem"]) for t in telemetry(collector.snapshot())
+        ]
         page = status_page(http_port)
         assert page["camera"]["stream"] == "lost" and page["capture"]["state"] == "connecting"
         assert page["capture"]["attempts"] >= 3 and page["capture"]["retry_in_s"] is not None
         assert page["stages"]["health"]["camera"]["problems"]["lost"].startswith("cannot open")
-        assert page["stages"]["uplink"]["connected"] is True
+        assert page["stages"]["uplink"]["connected"] is True and page["stages"]["modem"]["link"]["up"] is True
         assert any(s.get("camera", {}).get("stream") == "lost" for s in status_messages(collector.snapshot()))
         assert notify.wait_for(lambda ms: any("STATUS=camera lost: cannot open" in m for m in ms), 10)
 
