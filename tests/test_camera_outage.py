@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 import tomli_w
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.agent_harness import AgentHarness
 from tests.brokers import Collector, Mosquitto, Received, free_port
@@ -168,6 +169,10 @@ def test_a_camera_that_boots_20s_after_the_agent_is_waited_for_and_reported(tmp_
         assert page["stages"]["uplink"]["connected"] is True and page["stages"]["modem"]["link"]["up"] is True
         assert any(s.get("camera", {}).get("stream") == "lost" for s in status_messages(collector.snapshot()))
         assert notify.wait_for(lambda ms: any("STATUS=camera lost: cannot open" in m for m in ms), 10)
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as response:
+            metrics = {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+        assert metrics["vigil_camera_ok"].samples[0].value == 0
+        assert metrics["vigil_capture_down_seconds"].samples[0].value >= 10
 
         # The IP camera finishes booting 20 s after the agent started.
         threading.Event().wait(max(0.0, started + 20 - time.monotonic()))
