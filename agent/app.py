@@ -306,7 +306,7 @@ class Agent:
         if self.options.install_signal_handlers:
             self._install_signals()
         running = self.start()
-        self.notifier.ready(f"analysing {running.capture.source.name}")
+        self.notifier.ready(running.capture.status_line())
         try:
             running.pipeline.run(
                 running.capture,

@@ -191,14 +191,24 @@ class Pipeline:
         max_frames: int | None = None,
         heartbeat: Callable[[], None] | None = None,
     ) -> int:
-        """Analyse frames until the stream ends, `stop` is set or `max_frames` were processed."""
+        """Analyse frames until the stream ends, `stop` is set or `max_frames` were processed.
+
+        A live camera that is away (not there yet, or reopening) is not the end of the stream: the
+        loop keeps turning and calling `heartbeat` (the systemd watchdog) while the capture thread
+        waits for it, so the node stays up and reports the camera instead of being restarted for it.
+        Only a capture thread that died without ending the stream (a bug, which a restart does
+        cure) stops the loop and the heartbeat.
+        """
         last: Frame | None = None
         processed = 0
         while not stop.is_set():
-            if heartbeat is not None:
+            alive = capture.alive()
+            if heartbeat is not None and alive:
                 heartbeat()
             frame = capture.slot.get(timeout=0.2)
             if frame is None:
+                if not alive and not capture.slot.ended:
+                    raise SourceError("the capture thread stopped unexpectedly (see the log); restart the agent")
                 if capture.slot.ended:
                     if capture.slot.error is not None and processed == 0:
                         raise SourceError(str(capture.slot.error))

@@ -36,11 +36,20 @@ class Notifier:
     def ready(self, status: str = "") -> None:
         self.send("READY=1" + (f"\nSTATUS={status}" if status else ""))
 
+    def status(self, text: str) -> None:
+        """What `systemctl status` shows under the unit (e.g. that the agent waits for its camera)."""
+        self.send(f"STATUS={text}")
+
     def stopping(self) -> None:
         self.send("STOPPING=1")
 
     def ping(self) -> None:
-        """Watchdog keep-alive; rate-limited to half the configured WatchdogSec."""
+        """Watchdog keep-alive; rate-limited to half the configured WatchdogSec.
+
+        It means "the agent's own machinery turns" (the analysis loop calls it, and only while the
+        capture thread lives), not "the camera delivers": restarting the agent brings no camera back,
+        and an agent without its camera still runs the uplink, modem, status page and telemetry that
+        report it. The camera's absence is reported (camera_lost, STATUS=), never escalated to a restart."""
         if self.watchdog_interval is None:
             return
         now = time.monotonic()

@@ -13,6 +13,7 @@ from agent.capture import (
     FrameSource,
     SourceError,
     SourceLost,
+    SourceUnavailable,
     SyntheticSource,
     VideoFileSource,
     open_source,
@@ -216,3 +217,158 @@ def test_stop_never_closes_a_source_under_a_read_in_progress():
     source.release.set()  # the read returns: the capture thread closes the source itself
     assert source.closed.wait(5.0)
     assert source.read_in_progress_at_close is False
+
+
+class LateCamera(FrameSource):
+    """A live camera that is not there until `arrive` is set (an IP camera booting after the Pi)."""
+
+    name = "late"
+    live = True
+    reconnectable = True
+
+    def __init__(self, *, fatal: bool = False) -> None:
+        self.arrive = threading.Event()
+        self.fatal = fatal
+        self.attempts: list[float] = []
+        self.tried = threading.Condition()
+        self._count = 0
+
+    @property
+    def fps(self) -> float:
+        return 50.0
+
+    def open(self) -> None:
+        with self.tried:
+            self.attempts.append(time.monotonic())
+            self.tried.notify_all()
+        if self.fatal:
+            raise SourceError("this machine cannot have that camera")
+        if not self.arrive.is_set():
+            raise SourceUnavailable("cannot open the late camera")
+
+    def read(self) -> Frame | None:
+        self._count += 1
+        time.sleep(0.01)  # a camera delivers at its own pace
+        return frame(self._count)
+
+    def close(self) -> None:
+        pass
+
+    def wait_attempts(self, n: int, timeout: float) -> bool:
+        with self.tried:
+            return self.tried.wait_for(lambda: len(self.attempts) >= n, timeout)
+
+
+def test_a_live_camera_absent_at_start_is_waited_for_with_capped_backoff():
+    camera = LateCamera()
+    states: list[tuple[str, str]] = []
+    recovered = threading.Event()
+
+    def on_state(state: str, reason: str) -> None:
+        states.append((state, reason))
+        if state == "recovered":
+            recovered.set()
+
+    stage = CaptureStage(camera, reconnect_initial_s=0.02, reconnect_max_s=0.16, on_state=on_state,
+                         first_open_wait_s=5.0)
+    stage.start()  # does not raise: the rest of the node starts
+    try:
+        snap = stage.snapshot()
+        assert snap.state == "connecting" and snap.reason == "cannot open the late camera"
+        assert stage.lost and not stage.slot.ended and stage.alive()
+        assert "waiting for the camera (cannot open the late camera)" in stage.status_line()
+        assert states == [("lost", "cannot open the late camera")]  # reported once, not per attempt
+        # uncapped, ten attempts would take 0.02 × (2^10 - 1) ≈ 20 s; capped at 0.16 s about 1 s
+        assert camera.wait_attempts(10, 10.0), camera.attempts
+        gaps = [b - a for a, b in zip(camera.attempts, camera.attempts[1:], strict=False)]
+        expected = [min(0.02 * 2**i, 0.16) for i in range(len(gaps))]
+        assert all(gap >= want * 0.9 for gap, want in zip(gaps, expected, strict=True)), gaps
+        assert stage.snapshot().attempts >= 9 and stage.snapshot().retry_at is not None
+        camera.arrive.set()
+        assert recovered.wait(5.0)
+        got = stage.slot.get(timeout=5.0)
+        assert got is not None
+    finally:
+        stage.stop()
+    assert [s for s, _ in states] == ["lost", "recovered"]
+    snap = stage.snapshot()
+    assert snap.state == "streaming" and snap.attempts == 0 and snap.down_s > 0 and snap.drops == 0
+    assert stage.status_line() == "analysing late"
+
+
+def test_a_live_source_that_cannot_exist_here_still_fails_at_start():
+    """picamera2 not installed is no camera that may boot later: start() says so, no retry loop."""
+    camera = LateCamera(fatal=True)
+    stage = CaptureStage(camera, reconnect_initial_s=0.01)
+    with pytest.raises(SourceError, match="cannot have that camera"):
+        stage.start()
+    assert len(camera.attempts) == 1 and stage.slot.ended
+
+
+def test_a_missing_video_file_still_fails_at_start(tmp_path):
+    stage = CaptureStage(VideoFileSource(tmp_path / "typo.mp4"))
+    with pytest.raises(SourceError, match="video file not found"):
+        stage.start()
+
+
+def test_an_absent_webcam_says_why(tmp_path):
+    source = LiveCaptureSource(str(tmp_path / "video9"))
+    with pytest.raises(SourceUnavailable, match=r"video9 does not exist\)"):
+        source.open()
+
+
+class DyingThread(FrameSource):
+    """A source whose read ends the capture thread without ending the stream (SystemExit in a library)."""
+
+    name = "dying"
+    live = True
+    reconnectable = True
+
+    @property
+    def fps(self) -> float:
+        return 10.0
+
+    def open(self) -> None:
+        pass
+
+    def read(self) -> Frame | None:
+        raise SystemExit("the library gave up")
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_the_watchdog_hears_the_loop_while_the_camera_is_away_but_not_when_capture_died():
+    from agent.pipeline import Pipeline
+
+    pipeline = Pipeline.__new__(Pipeline)  # the loop only: no frame reaches process()
+    pings: list[str] = []
+    stop = threading.Event()
+
+    def heartbeat() -> None:
+        pings.append("ping")
+        if len(pings) >= 3:
+            stop.set()
+
+    away = CaptureStage(LateCamera(), reconnect_initial_s=0.05, first_open_wait_s=0.1).start()
+    try:
+        runner = threading.Thread(target=Pipeline.run, args=(pipeline, away, stop), kwargs={"heartbeat": heartbeat})
+        runner.start()
+        runner.join(10)  # the loop turns every 0.2 s without frames; the third ping stops it
+        assert not runner.is_alive()
+    finally:
+        away.stop()
+    assert len(pings) == 3  # no camera, but the agent is alive: systemd keeps hearing it
+
+    pings.clear()
+    dead = CaptureStage(DyingThread(), first_open_wait_s=1.0).start()
+    assert dead._thread is not None
+    dead._thread.join(5)  # it dies on its first read
+    try:
+        with pytest.raises(SourceError, match="capture thread stopped unexpectedly"):
+            Pipeline.run(pipeline, dead, threading.Event(), heartbeat=heartbeat)
+        assert not dead.alive()
+    finally:
+        dead.stop()
+    assert pings == []  # a dead capture thread is a fault a restart cures: no ping, the agent exits

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.capture.base import Frame, FrameSource, SourceError, SourceLost, TruthBox
+from agent.capture.base import Frame, FrameSource, SourceError, SourceLost, SourceUnavailable, TruthBox
 from agent.capture.opencv import LiveCaptureSource, VideoFileSource, webcam_available
 from agent.capture.picamera import Picamera2Source
 from agent.capture.stage import CaptureStage, FrameSlot
@@ -25,6 +25,7 @@ __all__ = [
     "SceneOptions",
     "SourceError",
     "SourceLost",
+    "SourceUnavailable",
     "SyntheticScene",
     "SyntheticSource",
     "TruthBox",

@@ -12,6 +12,14 @@ class SourceError(Exception):
     """The source cannot be opened or read at all (a user-facing error: bad path, no camera...)."""
 
 
+class SourceUnavailable(SourceError):
+    """A live camera or stream is not there *now* (not plugged in, still booting, unreachable).
+
+    Unlike a plain SourceError (a typo in a path, picamera2 not installed), waiting may cure it: the
+    capture stage keeps retrying with backoff instead of stopping the agent.
+    """
+
+
 class SourceLost(Exception):
     """A live stream went away after it had worked; the capture stage reconnects with backoff."""
 

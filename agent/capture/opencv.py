@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agent.capture.base import Frame, FrameSource, SourceError, SourceLost
+from agent.capture.base import Frame, FrameSource, SourceError, SourceLost, SourceUnavailable
 from agent.urls import hide_userinfo
 
 log = logging.getLogger(__name__)
@@ -161,14 +161,27 @@ class LiveCaptureSource(FrameSource):
                 cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
                 cap.set(cv2.CAP_PROP_FPS, self._fps)
                 cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # newest frame, not a stale queue
+        # Absent now is not absent for good: an IP camera boots after the Pi, a USB camera enumerates
+        # late. SourceUnavailable lets the capture stage wait for it instead of stopping the agent.
         if not cap.isOpened():
             cap.release()
-            raise SourceError(f"cannot open {self.describe()}")
+            raise SourceUnavailable(f"cannot open {self.describe()}{self._why_not()}")
         ok, _ = cap.read()
         if not ok:
             cap.release()
-            raise SourceError(f"{self.describe()} opened but delivered no frame")
+            raise SourceUnavailable(f"{self.describe()} opened but delivered no frame")
         self._cap = cap
+
+    def _why_not(self) -> str:
+        """For a local camera, what the kernel says (missing device node, or no permission)."""
+        if self.name == "stream":
+            return ""
+        device = f"/dev/video{self.target}" if isinstance(self.target, int) else str(self.target)
+        if not os.path.exists(device):
+            return f" ({device} does not exist)"
+        if not os.access(device, os.R_OK | os.W_OK):
+            return f" ({device}: permission denied; is the user in the video group?)"
+        return ""
 
     def read(self) -> Frame | None:
         if self._cap is None:

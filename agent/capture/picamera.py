@@ -11,7 +11,7 @@ import time
 
 import cv2
 
-from agent.capture.base import Frame, FrameSource, SourceError, SourceLost
+from agent.capture.base import Frame, FrameSource, SourceError, SourceLost, SourceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,9 @@ class Picamera2Source(FrameSource):
                     cam.close()
                 except Exception:
                     log.debug("error closing a camera that failed to start", exc_info=True)
-            raise SourceError(f"cannot start camera {self.camera}: {exc}") from None
+            # an absent or busy camera (ribbon loose, another process holds it) may come back; a missing
+            # picamera2 above cannot, so it stays a plain SourceError
+            raise SourceUnavailable(f"cannot start camera {self.camera}: {exc}") from None
         self._cam = cam
 
     def read(self) -> Frame | None:

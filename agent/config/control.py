@@ -113,7 +113,36 @@ class HealthConfig(Section):
         default=15.0,
         ge=2,
         le=3600,
-        description="A live source that delivers no frame for this long is lost (a hung driver or stream).",
+        description="A live source that delivers no frame for this long, although it is open, is stalled "
+        "(a hung driver or stream): camera_lost.",
+    )
+    lost_after_s: float = Field(
+        default=10.0,
+        ge=1,
+        le=3600,
+        description="A live camera that is away this long (not opened since start, or reopening after a "
+        "drop) raises camera_lost; shorter drops raise nothing by themselves (they count towards "
+        "camera_unstable). The agent keeps running and retrying either way.",
+    )
+    unstable_drops: int = Field(
+        default=3,
+        ge=2,
+        le=1000,
+        description="This many stream drops within unstable_window_s raise one camera_unstable (with counts) "
+        "instead of an event per drop.",
+    )
+    unstable_window_s: float = Field(
+        default=300.0,
+        ge=10,
+        le=86400,
+        description="The window in which unstable_drops drops make a camera unstable.",
+    )
+    stable_after_s: float = Field(
+        default=300.0,
+        ge=5,
+        le=86400,
+        description="An unstable camera is stable again (camera_stable, with the episode's drops and "
+        "downtime) after streaming this long without a drop.",
     )
 
 

@@ -1,6 +1,7 @@
 """The health stage: camera health, the frame tap, the status collector and periodic telemetry.
 
-One `health` thread wakes about once a second to look for a stalled camera and, every
+One `health` thread wakes about once a second (and at once when the capture stage loses or regains
+its source) to judge the camera (agent.health.camera) and, every
 `telemetry.interval_s`, offers a compact telemetry record to the spool at the lowest priority
 (Priority.TELEMETRY: evicted first when the spool is full, sent last). Telemetry is built from
 the stages' own `status()` methods (agent.health.status), not from their internals.
@@ -92,20 +93,38 @@ class HealthStage:
 
     # -- the retained status topic ------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
-        """Added to the retained `status` message: what an operator wants at a glance."""
+        """Added to the retained `status` message: what an operator wants at a glance.
+
+        The camera flag is the debounced one (what the last camera event said), so a stream that
+        blinks does not re-publish a retained message each time."""
         tamper = self.running.extras.get("tamper")
-        stages = {"health": self.status()}
+        stages = {"health": {"camera": {"state": self.camera.reported_state()}}}
         if tamper is not None and hasattr(tamper, "status"):
             stages["tamper"] = tamper.status()
         info = self.running.detector.info()
         return {"camera": camera_flags(stages), "model": info.get("name"), "model_sha256": info.get("sha256")}
 
+    def wake(self) -> None:
+        """Judge the camera now rather than at the next tick (the capture stage lost or regained it)."""
+        self._wake.set()
+
     def _camera_changed(self) -> None:
+        self.agent.notifier.status(self.systemd_status())
         uplink = self.running.extras.get("uplink")
         publisher = getattr(uplink, "publisher", None)
         refresh = getattr(publisher, "refresh_status", None)
         if refresh is not None:
             refresh()
+
+    def systemd_status(self) -> str:
+        """One line for `systemctl status` (STATUS=): what the node is doing about its camera."""
+        camera = self.camera.status()
+        state = camera["reported"]
+        if state == "unstable":
+            return f"{self.running.capture.status_line()}; camera unstable ({camera['unstable']['drops']} drops)"
+        if state in camera["problems"]:
+            return f"camera {state}: {camera['problems'][state]}; retrying, everything else runs"
+        return self.running.capture.status_line()
 
     def status(self) -> dict[str, Any]:
         return {
@@ -128,7 +147,7 @@ def build(agent: Agent, running: Running) -> HealthStage:
 
     def on_state(state: str, reason: str) -> None:
         previous(state, reason)
-        stage.camera.on_capture_state(state, reason)
+        stage.wake()
 
     running.capture.on_state = on_state
     uplink = running.extras.get("uplink")

@@ -134,6 +134,7 @@ class StatusCollector:
 
     def capture(self) -> dict[str, Any]:
         c = self.running.capture
+        snap = c.snapshot()
         return {
             "source": getattr(c.source, "name", "?"),
             "live": c.source.live,
@@ -143,6 +144,9 @@ class StatusCollector:
             "reconnects": c.reconnects,
             "lost": c.lost,
             "ended": c.slot.ended,
+            # where the source stands: streaming / connecting / reconnecting / ended, why, since when,
+            # the next attempt, drops and downtime (agent.capture.stage.CaptureSnapshot)
+            **snap.as_dict(time.monotonic()),
         }
 
     def full(self) -> dict[str, Any]:

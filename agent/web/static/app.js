@@ -67,8 +67,12 @@ function render(s) {
   const cam = s.camera || {};
   const p = s.pipeline;
   put("camera", cam.ok ? "streaming" : (cam.stream !== "ok" ? cam.stream : cam.tamper), cam.ok ? "ok" : "bad");
-  put("camera-sub", `${s.capture.source} · ${num(p.fps.capture, 1)} fps · ${s.capture.dropped} dropped` +
-    (cam.tamper ? ` · tamper ${cam.tamper}` : ""));
+  const cap = s.capture;
+  const away = cap.state === "connecting" || cap.state === "reconnecting";
+  put("camera-sub", away
+    ? `${cap.source} · ${cap.reason || "waiting for it"} · away ${num(cap.for_s, 0, " s")} · next try in ${num(cap.retry_in_s, 0, " s")}`
+    : `${cap.source} · ${num(p.fps.capture, 1)} fps · ${cap.dropped} dropped` + (cap.drops ? ` · ${cap.drops} stream drops` : "") +
+      (cam.tamper ? ` · tamper ${cam.tamper}` : ""));
   put("detect", `${num(p.fps.detect, 1)} runs/s`);
   put("detect-sub", `${s.versions.model} · ${num(p.inference_ms.p50, 0)}/${num(p.inference_ms.p95, 0)} ms p50/p95 · gate ${num(p.motion_gate.ratio * 100, 0)} %`);
   const up = s.stages.uplink;
