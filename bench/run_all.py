@@ -335,7 +335,7 @@ def rows_wear(r: dict[str, Any]) -> list[Row]:
         rows.append(
             (
                 "",
-                "device bytes per event by file (LazyFS): "
+                "pages sent to the device per event, by file (LazyFS, thumbnails on): "
                 + " / ".join(n.replace("_", " ") for n in shown)
                 + "; fsyncs per event",
                 " / ".join(f"{parts[n]['device_bytes'] / 1000:.1f} kB" for n in shown) + f"; {fsyncs:.1f}",
