@@ -26,7 +26,7 @@ from tests.lazyfs import LazyFS, LazyFSUnavailable, lazyfs_binary
 from tests.powercut import CHECKPOINT_POINTS, COMMIT_POINTS, Outcome, PowerCutScenario
 
 RANDOM_CUTS = int(os.environ.get("VIGIL_POWER_CUTS", "20"))
-COMMIT_CUTS = int(os.environ.get("VIGIL_COMMIT_CUTS", "8"))
+COMMIT_CUTS = int(os.environ.get("VIGIL_COMMIT_CUTS", "6"))
 
 
 @pytest.fixture(scope="module")
