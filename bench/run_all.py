@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "footprint": ([], ["--seconds", "10"]),
     "fleet": ([], ["--nodes", "200", "--seconds", "10", "--speeds", "1", "10"]),
     "uplink": ([], ["--rounds", "3"]),
+    "wear": ([], ["--seconds", "40", "--warmup", "10"]),
 }
 
 
@@ -305,6 +306,56 @@ def rows_uplink(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def rows_wear(r: dict[str, Any]) -> list[Row]:
+    costs = r["per_event"].get(r.get("headline_instrument") or "", None)
+    if not costs:
+        return []
+    day = r["per_day_street"]
+    without, with_thumb = costs["event_without_thumbnail"], costs["event_with_thumbnail"]
+    where = "ext4 on a loop device" if r["headline_instrument"] == "device" else "/proc io of the agent"
+    rows: list[Row] = [
+        (
+            f"SD-card wear, busy street ({where})",
+            "bytes written per event without / with a thumbnail (× its payload)",
+            f"{without['written'] / 1000:.1f} kB ({without['ratio']:.0f}×) / "
+            f"{with_thumb['written'] / 1000:.1f} kB ({with_thumb['ratio']:.0f}×)",
+            "≤ 2×",
+        ),
+        (
+            "",
+            f"per day at the street trace's rate ({day['events'] / 1000:.0f}k events): written / payload; of it idle",
+            f"{day['written_mb'] / 1000:.2f} GB / {day['payload_mb']:.0f} MB ({day['ratio_to_payload']:.0f}×); "
+            f"{day['of_which_idle_mb'] / 1000:.2f} GB",
+            "",
+        ),
+    ]
+    parts = r.get("parts_per_event")
+    if parts:
+        names = ["spool_log", "wal", "database", "shm", "thumbnail_files", "thumbnail_index", "other"]
+        shown = [n for n in names if n in parts]
+        fsyncs = sum(p["fsyncs"] for p in parts.values())
+        rows.append(
+            (
+                "",
+                "pages sent to the device per event, by file (LazyFS, thumbnails on): "
+                + " / ".join(n.replace("_", " ") for n in shown)
+                + "; fsyncs per event",
+                " / ".join(f"{parts[n]['device_bytes'] / 1000:.1f} kB" for n in shown) + f"; {fsyncs:.1f}",
+                "",
+            )
+        )
+    cards = day["endurance"]
+    rows.append(
+        (
+            "",
+            "years until a card's rated writes: " + " / ".join(c.get("short", c["card"]) for c in cards),
+            " / ".join(f"{c['years_at_this_rate']:.1f}" for c in cards),
+            "",
+        )
+    )
+    return rows
+
+
 RENDER: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "pipeline": rows_pipeline,
     "motion": rows_motion,
@@ -313,6 +364,7 @@ RENDER: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "footprint": rows_footprint,
     "fleet": rows_fleet,
     "uplink": rows_uplink,
+    "wear": rows_wear,
 }
 
 
