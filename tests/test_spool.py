@@ -284,6 +284,37 @@ def test_a_power_cut_mid_commit_loses_only_that_commit(spool_path):
         assert spool.seq("events") == 6  # the lost commit was never accepted: its seqs are given again
 
 
+def test_a_segment_whose_first_commit_never_reached_the_disk_is_not_damage(spool_path):
+    """A power cut just after a new segment was created leaves an empty file: it held nothing, is not
+    damage, and must not be appended to without its header (the next start would find it corrupt)."""
+    with Spool(spool_path) as spool:
+        for n in range(3):
+            spool.accept(event(n))
+        spool.flush()
+    (spool_path / "seg-0000000002.log").write_bytes(b"")
+    for run in range(2):
+        with Spool(spool_path) as spool:
+            assert spool.recovered_from is None and not spool.set_aside()
+            spool.accept(event(10 + run))
+            spool.flush()
+            assert spool.seq("events") == 4 + run
+
+
+def test_a_damaged_header_keeps_the_commits_after_it(spool_path):
+    with Spool(spool_path) as spool:
+        for n in range(20):
+            spool.accept(event(n))
+            spool.flush()
+    (only,) = segments(spool_path)
+    data = bytearray(only.read_bytes())
+    data[:8] = b"\0" * 8
+    only.write_bytes(bytes(data))
+    with Spool(spool_path) as spool:
+        assert spool.recovered_from is not None
+        assert spool.seq("events") == 20  # seq continues: the records after the header still decode
+        assert spool.stats()["classes"]["event"]["depth"] == 20
+
+
 def test_accept_never_waits_for_the_disk(spool_path, monkeypatch):
     """A stuck disk (an fdatasync that does not return) must not block the producer; overflow sheds
     low priority first."""

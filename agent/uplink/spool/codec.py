@@ -202,7 +202,7 @@ def read_entry(data: bytes) -> Entry:
 
 
 def _resync(buf: memoryview, pos: int) -> int | None:
-    """The offset of the next well-formed entry after `pos`, or None."""
+    """The offset of the next well-formed entry after `pos` (-1: from the start), or None."""
     raw = buf.obj if isinstance(buf.obj, bytes | bytearray) else bytes(buf)
     find = raw.find
     start = pos + 1
@@ -216,12 +216,16 @@ def _resync(buf: memoryview, pos: int) -> int | None:
 def scan(data: bytes) -> Scan:
     """Split a segment's bytes into committed groups; a group counts only with its COMMIT entry."""
     buf = memoryview(data)
-    if buf[:HEADER_SIZE] != MAGIC:
-        return Scan([], 0, [(0, len(buf))] if len(buf) else [], header_ok=False)
+    header_ok = buf[:HEADER_SIZE] == MAGIC
     groups: list[list[Entry]] = []
     damaged: list[tuple[int, int]] = []
     group: list[Entry] = []
     group_start = pos = end = HEADER_SIZE
+    if not header_ok:  # a damaged header: what follows may still decode
+        first = _resync(buf, -1)
+        if first is None:
+            return Scan([], 0, [], header_ok=False)
+        group_start = pos = first
     while pos < len(buf):
         entry = _entry_at(buf, pos)
         if entry is None:
@@ -240,7 +244,7 @@ def scan(data: bytes) -> Scan:
             group.append(entry)
     # damage counts only when committed groups follow it; otherwise it is the torn tail
     damaged = [(a, b) for a, b in damaged if b < end]
-    return Scan(groups, end, damaged)
+    return Scan(groups, end, damaged, header_ok)
 
 
 def iter_entries(groups: list[list[Entry]]) -> Iterator[Entry]:

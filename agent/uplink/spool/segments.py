@@ -93,21 +93,27 @@ class SegmentLog:
             data = path.read_bytes()
             scan = codec.scan(data)
             last = index == len(numbers) - 1
-            if not scan.header_ok and len(data) <= codec.HEADER_SIZE and last:
-                scan = codec.Scan([], 0, [])  # created, header not yet on disk: a power cut at rotation
+            if last and not scan.header_ok and not data.strip(b"\0"):
+                # created, but its first commit never reached the disk (a power cut while a new segment
+                # started): empty or zeros, it never held anything, and cannot be appended to
+                path.unlink()
+                _fsync_dir(self.directory)
+                opened.torn_bytes += len(data)
+                continue
             if scan.damaged or not scan.header_ok or (not last and scan.end < len(data)):
                 # damage in the middle of a segment, or an older segment that does not end cleanly:
                 # keep what still decodes, move the file aside for forensics (never delete it)
                 aside = self._set_aside(path)
                 opened.set_aside.append(aside)
                 opened.damage.append(
-                    f"{path.name}: {len(scan.damaged)} damaged range(s), "
-                    f"{len(data) - scan.end} undecodable byte(s) at the end; moved to {aside.name}"
+                    f"{path.name}: {'a damaged header, ' if not scan.header_ok else ''}{len(scan.damaged)} "
+                    f"damaged range(s), {len(data) - scan.end} undecodable byte(s) at the end; moved to "
+                    f"{aside.name}"
                 )
                 opened.groups.append((number, scan.groups))
                 continue
             if scan.end < len(data):  # the torn tail of the active segment: never committed
-                opened.torn_bytes = len(data) - scan.end
+                opened.torn_bytes += len(data) - scan.end
                 with open(path, "r+b") as fh:
                     fh.truncate(scan.end)
                     fh.flush()
