@@ -210,7 +210,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
 
     def _thumb(self, event_id: str) -> None:
-        if not EVENT_ID.match(event_id):
+        if not EVENT_ID.fullmatch(event_id):
             self._json({"error": "not found"}, HTTPStatus.NOT_FOUND)
             return
         try:
