@@ -38,6 +38,7 @@ from agent.modem.parse import (
     parse_cpin,
     parse_csq,
     parse_registration,
+    text_field,
 )
 from agent.modem.vendors import Vendor, choose_vendor
 
@@ -386,7 +387,7 @@ class LinkSupervisor:
             lines = [
                 ln.split(":", 1)[1].strip() if ln.startswith("+") and ":" in ln else ln for ln in resp.lines
             ]
-            return lines[0].strip() if lines else ""
+            return (text_field(lines[0], 32) or "") if lines else ""
 
         manufacturer, model = text("AT+CGMI"), text("AT+CGMM")
         firmware, imei = text("AT+CGMR"), text("AT+CGSN")
