@@ -23,6 +23,7 @@ from typing import Any
 from agent.clock import PLAUSIBLE_AFTER, Clock
 from agent.gnss.fix import MODE_2D, Fix, FixTracker, correct_rollover
 from agent.gnss.nmea import NmeaFramer
+from agent.urls import scrub_userinfo
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ class GnssReader:
             try:
                 self._port = self._opener()
             except Exception as exc:  # SerialException/OSError: not (yet) there
-                self._set_state("absent", f"cannot open {self.port_label}: {exc}")
+                self._set_state("absent", scrub_userinfo(f"cannot open {self.port_label}: {exc}"))
                 self._stop.wait(backoff * random.uniform(0.9, 1.1))
                 backoff = min(backoff * 2, self.reopen_max_s)
                 continue
@@ -154,7 +155,7 @@ class GnssReader:
                 self._read_loop()
             except Exception as exc:  # the port vanished under us
                 if not self._stop.is_set():
-                    self._set_state("absent", f"port {self.port_label} lost: {exc}")
+                    self._set_state("absent", scrub_userinfo(f"port {self.port_label} lost: {exc}"))
             finally:
                 self._close()
                 self.framer.flush()
