@@ -33,9 +33,11 @@ class ConfigIssue:
     origin: str  # "file.toml:12", "env VIGIL_X__Y", "--flag" or "default"
 
     def __str__(self) -> str:
-        shown = "(missing)" if self.value is _MISSING else repr(self.value)
         where = f"{self.origin}: " if self.origin else ""
-        return f"{where}{self.path or '(top level)'} = {shown}: {self.reason}"
+        if not self.path:  # a rule across sections: the reason names the fields (the value is everything)
+            return f"{where}{self.reason}"
+        shown = "(missing)" if self.value is _MISSING else repr(self.value)
+        return f"{where}{self.path} = {shown}: {self.reason}"
 
 
 class ConfigError(Exception):
@@ -230,7 +232,7 @@ def explain(
                 path=".".join(str(p) for p in loc),
                 value=error.get("input", _MISSING) if error["type"] != "missing" else _MISSING,
                 reason=reason.removeprefix("Value error, "),
-                origin=_origin_for(loc, origins),
+                origin=_origin_for(loc, origins) if loc else "",
             )
         )
     return ConfigError(issues)
