@@ -120,3 +120,63 @@ def test_the_agent_keeps_its_boot_id_and_clock_trust_in_the_sandbox(tmp_path: Pa
     assert records, res.stderr[-3000:]
     clocks = {(r["clock"]["source"], r["clock"]["trusted"], r["clock"]["boot"]) for r in records}
     assert clocks == {("ntp", True, str(boot))}, clocks
+
+
+def test_a_hidden_process_list_is_not_taken_for_a_free_modem_port(tmp_path: Path):
+    """ProtectProc=invisible hides ModemManager (root) from the agent (user vigil): port_users must
+    then say it could not look, as it does when /proc/PID/fd is unreadable, so the agent asks systemd
+    and udev instead of taking a port ModemManager may hold. A real hidepid=invisible /proc, a root
+    process holding the port, and the probe run as an unprivileged user."""
+    _can_sandbox()
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if shutil.which("runuser") is None or python is None:
+        pytest.skip("needs runuser(1) and /usr/bin/python3")
+    readable = subprocess.run(
+        ["runuser", "-u", "nobody", "--", "test", "-r", str(ROOT / "agent" / "modem" / "mm.py")]
+    )
+    if readable.returncode != 0:
+        pytest.skip("the checkout is not readable by the user nobody")
+    folder = tmp_path / "dev"
+    folder.mkdir()
+    folder.chmod(0o755)
+    port = folder / "ttyUSB2"
+    port.write_text("")
+    port.chmod(0o644)
+    probe = (
+        "import json; from agent.modem.mm import port_users; "
+        f"u = port_users({str(port)!r}, probe_services=False); print(json.dumps([u.readable, u.holders]))"
+    )
+    script = "\n".join(
+        [
+            "set -e",
+            "mount -t proc -o hidepid=invisible proc /proc",
+            f"sleep 60 < {shlex.quote(str(port))} &",  # a root process holding the port, as ModemManager would
+            "holder=$!",
+            "while ! ls -l /proc/$holder/fd 2>/dev/null | grep -q ttyUSB2; do sleep 0.05; done",
+            shlex.join(
+                [
+                    "runuser",
+                    "-u",
+                    "nobody",
+                    "--",
+                    "env",
+                    f"PYTHONPATH={ROOT}",
+                    python,
+                    "-S",
+                    "-P",
+                    "-c",
+                    probe,
+                ]
+            ),
+            "kill $holder",
+        ]
+    )
+    res = subprocess.run(
+        ["unshare", "--mount", "--pid", "--fork", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == [False, []]
