@@ -170,6 +170,30 @@ def test_semantically_wrong_sentences_are_skipped_and_forgotten(kind: str, mutat
     assert got[-1] == expected[-1]
 
 
+def test_every_field_of_every_sentence_wrong_or_cut_off():
+    """The systematic grid behind the fuzzer: each template cut after every field, and every field
+    replaced by every bad value (the fuzzer once found a ZDA cut after its month this way)."""
+    framer = NmeaFramer()
+    base = [s for raw in cycle("092750.000") for s in framer.feed((raw + "\r\n").encode())]
+    variants = []
+    for kind, body in TEMPLATES.items():
+        fields = body.replace(TIME, "092751.000").split(",")
+        variants += [(kind, ",".join(fields[:n])) for n in range(1, len(fields))]
+        for i in range(1, len(fields)):
+            variants += [(kind, ",".join([*fields[:i], bad, *fields[i + 1 :]])) for bad in BAD_VALUES]
+    for kind, body in variants:
+        tracker = FixTracker()
+        for sentence in base:
+            tracker.feed(sentence)
+        (bad,) = framer.feed((build(body) + "\r\n").encode())
+        done = tracker.feed(bad)
+        last = tracker.end_cycle()
+        assert tracker.stats.unexpected == 0, (kind, body)
+        for fix in (done, last):
+            if fix is not None:
+                assert_sane(fix)
+
+
 def test_the_reported_case_a_non_numeric_satellite_count():
     """The review's reproduction: it raised TypeError inside the tracker."""
     bad = build(TEMPLATES["GGA"].replace(",1,8,", ",1,X8,").replace(TIME, "092751.000"))

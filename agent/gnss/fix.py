@@ -552,6 +552,9 @@ class FixTracker:
             cur.speed = speed * KNOTS_TO_MPS
 
     def _zda(self, f: tuple[str, ...], mono: float, done: list[Fix]) -> None:
+        if len(f) < 5:  # time, day, month, year: a shorter one cannot date anything
+            self._bad_fields += 1
+            return
         day, month, year = _int(f[2], 1, 31), _int(f[3], 1, 12), _int(f[4], 1980, 2200)
         tod = _time_of_day(f[1])
         if tod is None or day is None or month is None or year is None:
