@@ -469,30 +469,31 @@ def crl_row(kind: str, path: Path, loaded: Loaded, current: dt.datetime) -> dict
     number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
     listed = {entry.serial_number for entry in crl}
     row["serial"] = str(number)
-    row["state"] = f"{len(listed)} revoked"
+    state = f"{len(listed)} revoked"
     next_update = crl.next_update_utc
     deploy = "deploy crl.pem to the broker and restart it" if kind == "broker-crl" else "then deploy crl.pem"
     if next_update is not None:
         row["expires"] = next_update.strftime("%Y-%m-%d")
         left = next_update - current
         if left <= dt.timedelta(0):
-            row["state"] = "EXPIRED"
+            state = "EXPIRED"
             row["warning"] = (
                 f"the CRL {path} expired on {next_update:%Y-%m-%d}: a broker using it refuses every client; "
                 f"run `vigil-provision broker-config` and {deploy}"
             )
         elif left < crl_refresh_window(loaded.settings):
-            row["state"] += f", expires in {left.days} day(s)"
+            state += f", expires in {left.days} day(s)"
             row["warning"] = (
                 f"the CRL {path} expires on {next_update:%Y-%m-%d} ({left.days} day(s)); then the broker "
                 f"refuses every client: run `vigil-provision broker-config` now and {deploy}"
             )
     if not row["warning"] and listed != revoked:
-        row["state"] += ", out of date"
+        state += ", out of date"
         row["warning"] = (
             f"the CRL {path} lists {len(listed)} serial(s), the inventory {len(revoked)} revoked: "
             f"run `vigil-provision broker-config` and {deploy}"
         )
+    row["state"] = state
     return row
 
 

@@ -26,10 +26,12 @@ import math
 import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from agent.gnss.nmea import Sentence
 
 log = logging.getLogger(__name__)
+_Number = TypeVar("_Number", int, float)
 
 KNOTS_TO_MPS = 0.514444
 GPS_ROLLOVER_S = 1024 * 7 * 86400  # GPS week numbers wrap every 1024 weeks (1999, 2019, 2038)
@@ -289,7 +291,7 @@ class FixTracker:
         vars(self).update(state)
         self._cur, self.stats.cycles, self.last = cur, cycles, last
 
-    def _field(self, parsed: float | int | None, text: str) -> float | int | None:
+    def _field(self, parsed: _Number | None, text: str) -> _Number | None:
         """`parsed` from `text`; a non-empty field that did not parse is noted as a bad field."""
         if parsed is None and text:
             self._bad_fields += 1
