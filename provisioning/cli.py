@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from provisioning import commands
+from provisioning import commands, listing
 from provisioning.broker import BrokerOptions
 from provisioning.errors import ProvisionError
 from provisioning.files import locked
@@ -83,7 +83,7 @@ def cmd_revoke(args: argparse.Namespace, fleet: Fleet) -> commands.Outcome:
 
 
 def cmd_list(args: argparse.Namespace, fleet: Fleet) -> commands.Outcome:
-    rows = commands.listing(fleet)
+    rows = listing.listing(fleet)
     out = commands.Outcome()
     if args.json:
         out.say(json.dumps(rows, indent=2))
@@ -117,15 +117,15 @@ def cmd_list(args: argparse.Namespace, fleet: Fleet) -> commands.Outcome:
             )
         elif row["kind"] == "ca":
             out.say(f"CA valid until {row['expires']}")
-    for warning in commands.warnings(rows):
+    for warning in listing.warnings(rows):
         out.say(f"warning: {warning}")
     return out
 
 
 def cmd_health(args: argparse.Namespace, fleet: Fleet) -> commands.Outcome:
     """For cron or monitoring: the CRLs the brokers read, the CA, certificates to renew; exit 1 on any warning."""
-    rows = commands.listing(fleet)
-    found = commands.warnings(rows)
+    rows = listing.listing(fleet)
+    found = listing.warnings(rows)
     renew = [
         f"{r['kind']} {r['id']}: certificate {r['state']} ({r['expires']})"
         for r in rows

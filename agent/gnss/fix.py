@@ -22,12 +22,22 @@ from __future__ import annotations
 
 import calendar
 import logging
-import math
-import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TypeVar
 
+from agent.gnss.fields import (
+    ALT_RANGE,
+    MAX_KNOTS,
+    MAX_SATS,
+    ddmmyy,
+    decimal,
+    dop,
+    epoch,
+    integer,
+    lat_lon,
+    time_of_day,
+)
 from agent.gnss.nmea import Sentence
 
 log = logging.getLogger(__name__)
@@ -91,94 +101,6 @@ class Fix:
 
 def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
-
-
-# NMEA numbers are plain decimals: no exponents, no "nan"/"inf", no "1_0" or padding (all of which
-# Python's float() and int() would accept).
-_DECIMAL = re.compile(r"[+-]?(?:\d{1,12}(?:\.\d{0,12})?|\.\d{1,12})")
-_INTEGER = re.compile(r"[+-]?\d{1,9}")
-_TIME = re.compile(r"(\d{6})(?:\.(\d{1,9}))?")
-
-MAX_SATS = 255  # satellites used or in view (more than any receiver tracks)
-MAX_KNOTS = 10_000.0  # speed over ground: beyond any vehicle a pole or a van carries
-ALT_RANGE = (-1000.0, 100_000.0)  # metres above mean sea level: below the Dead Sea to a balloon
-
-
-def _float(text: str, low: float = -math.inf, high: float = math.inf) -> float | None:
-    """A decimal field within [low, high], else None (unknown)."""
-    if not _DECIMAL.fullmatch(text):
-        return None
-    value = float(text)
-    return value if low <= value <= high else None
-
-
-def _int(text: str, low: int = -(10**9), high: int = 10**9) -> int | None:
-    """An integer field within [low, high], else None (unknown)."""
-    if not _INTEGER.fullmatch(text):
-        return None
-    value = int(text)
-    return value if low <= value <= high else None
-
-
-def _dop(text: str) -> float | None:
-    value = _float(text, 0.0, 99.0)
-    return value if value is not None and value < 99.0 else None  # 99.99 means "unknown"
-
-
-def _coordinate(value: str, hemisphere: str, limit: float) -> float | None:
-    """ddmm.mmmm / dddmm.mmmm plus N/S/E/W to signed degrees; None when malformed."""
-    if not value or hemisphere not in ("N", "S", "E", "W") or "." not in value or len(value) > 24:
-        return None
-    whole, _, frac = value.partition(".")
-    if not whole.isascii() or not whole.isdigit() or (frac and not (frac.isascii() and frac.isdigit())):
-        return None
-    if not 3 <= len(whole) <= 5:
-        return None
-    degrees = int(whole[:-2])
-    minutes = int(whole[-2:]) + (float("0." + frac) if frac else 0.0)
-    if minutes >= 60:
-        return None
-    result = degrees + minutes / 60.0
-    if result > limit:
-        return None
-    return -result if hemisphere in ("S", "W") else result
-
-
-def _lat_lon(f: tuple[str, ...], i: int) -> tuple[float, float] | None:
-    lat = _coordinate(f[i], f[i + 1], 90.0)
-    lon = _coordinate(f[i + 2], f[i + 3], 180.0)
-    return None if lat is None or lon is None else (lat, lon)
-
-
-def _time_of_day(text: str) -> float | None:
-    """hhmmss[.sss] to seconds of the day."""
-    m = _TIME.fullmatch(text)
-    if m is None:
-        return None
-    digits, fraction = m.groups()
-    hh, mm, ss = int(digits[:2]), int(digits[2:4]), int(digits[4:6])
-    if hh > 23 or mm > 59 or ss > 60:
-        return None
-    return hh * 3600 + mm * 60 + ss + (float("0." + fraction) if fraction else 0.0)
-
-
-def _ddmmyy(text: str) -> tuple[int, int, int] | None:
-    if len(text) != 6 or not text.isascii() or not text.isdigit():
-        return None
-    day, month, yy = int(text[:2]), int(text[2:4]), int(text[4:])
-    if not (1 <= month <= 12 and 1 <= day <= 31):
-        return None
-    year = 2000 + yy if yy < 80 else 1900 + yy  # GPS epoch is 1980; two-digit years wrap there
-    return year, month, day
-
-
-def _epoch(date: tuple[int, int, int], seconds_of_day: float) -> float | None:
-    year, month, day = date
-    try:
-        midnight = calendar.timegm((year, month, day, 0, 0, 0, 0, 0, 0))
-    except (ValueError, OverflowError):
-        return None
-    return midnight + seconds_of_day
 
 
 @dataclass
@@ -312,7 +234,7 @@ class FixTracker:
         mode = cur.mode if has_fix or cur.mode < MODE_2D else MODE_NO_FIX
         timestamp = None
         if cur.timed and cur.tod is not None and self._date is not None:
-            timestamp = _epoch(self._date, cur.tod)
+            timestamp = epoch(self._date, cur.tod)
         sats_used = cur.gsa_sats if cur.gsa_sats is not None else cur.gga_sats
         fix = Fix(
             mode=mode,
@@ -345,7 +267,7 @@ class FixTracker:
 
     def _timestamp(self, raw: str, mono: float, done: list[Fix], *, timed: bool) -> None:
         """A sentence with a time of day: a new time starts a new cycle (the old one is complete)."""
-        tod = _time_of_day(raw)
+        tod = time_of_day(raw)
         if tod is None:
             self._field(None, raw)
             return
@@ -390,7 +312,7 @@ class FixTracker:
     # -- sentences ----------------------------------------------------------------------------------
     def _gga(self, f: tuple[str, ...], mono: float, done: list[Fix]) -> None:
         talker = f[0][:2]
-        quality = self._field(_int(f[6], 0, 9), f[6])
+        quality = self._field(integer(f[6], 0, 9), f[6])
         if quality == 0 and not f[1]:
             # Quectel reports loss of fix as an empty GGA without a time: end the cycle now.
             self._no_time_report(mono, done)
@@ -416,17 +338,17 @@ class FixTracker:
     def _sats_and_hdop(self, f: tuple[str, ...]) -> int:
         """Satellites used and HDOP, where GGA and GNS both carry them (fields 7 and 8). An unreadable
         count is unknown, and counts as none for the fix mode (as gpsd's atoi makes it)."""
-        sats = self._field(_int(f[7], 0, MAX_SATS), f[7])
+        sats = self._field(integer(f[7], 0, MAX_SATS), f[7])
         if sats is not None:
             self._cur.gga_sats = int(sats)
-        hdop = _dop(f[8])
-        self._field(_float(f[8], 0.0, 100.0), f[8])  # 99.99 is the receiver's "unknown", not a bad field
+        hdop = dop(f[8])
+        self._field(decimal(f[8], 0.0, 100.0), f[8])  # 99.99 is the receiver's "unknown", not a bad field
         if hdop is not None:
             self._cur.hdop = hdop
         return int(sats) if sats is not None else 0
 
     def _lat_lon(self, f: tuple[str, ...], i: int) -> tuple[float, float] | None:
-        position = _lat_lon(f, i)
+        position = lat_lon(f, i)
         if position is None and all(f[i : i + 4]):
             self._bad_fields += 1  # all four present, yet no position: out of range or not numbers
         return position
@@ -438,7 +360,7 @@ class FixTracker:
             return None
         cur = self._cur
         cur.lat, cur.lon = position
-        alt = self._field(_float(f[9], *ALT_RANGE), f[9])
+        alt = self._field(decimal(f[9], *ALT_RANGE), f[9])
         if alt is None:
             return MODE_2D
         cur.alt_msl = float(alt)
@@ -454,10 +376,10 @@ class FixTracker:
             self._cur.content = True
             self._cur.mode = MODE_NO_FIX
             return
-        date = _ddmmyy(f[9]) if len(f) > 9 else None
+        date = ddmmyy(f[9]) if len(f) > 9 else None
         if date is None and len(f) > 9:
             self._field(None, f[9])
-        tod = _time_of_day(f[1])
+        tod = time_of_day(f[1])
         if date is not None and tod is not None:
             self._timestamp(f[1], mono, done, timed=False)
             self._set_date(date, tod)
@@ -470,10 +392,10 @@ class FixTracker:
             cur.mode = MODE_NO_FIX
             return
         cur.lat, cur.lon = position
-        speed = self._field(_float(f[7], 0.0, MAX_KNOTS), f[7])
+        speed = self._field(decimal(f[7], 0.0, MAX_KNOTS), f[7])
         if speed is not None:
             cur.speed = speed * KNOTS_TO_MPS
-        track = self._field(_float(f[8], 0.0, 360.0), f[8]) if len(f) > 8 else None
+        track = self._field(decimal(f[8], 0.0, 360.0), f[8]) if len(f) > 8 else None
         if track is not None:
             cur.track = float(track)
         mode = MODE_3D if self._prev_mode == MODE_3D else MODE_2D
@@ -522,18 +444,18 @@ class FixTracker:
         talker = f[0][:2]
         if len(f) <= 19:  # longer ones (24-channel receivers) carry unreliable DOPs
             for attr, idx in (("pdop", 15), ("hdop", 16), ("vdop", 17)):
-                dop = _dop(f[idx])
-                self._field(_float(f[idx], 0.0, 100.0), f[idx])
-                if dop is not None:
-                    setattr(cur, attr, dop)
-        used = sum(1 for x in f[3:15] if (prn := _int(x, 1, 999)) is not None and prn > 0)
+                value = dop(f[idx])
+                self._field(decimal(f[idx], 0.0, 100.0), f[idx])
+                if value is not None:
+                    setattr(cur, attr, value)
+        used = sum(1 for x in f[3:15] if (prn := integer(x, 1, 999)) is not None and prn > 0)
         accumulate = self._last_gsa_talker != "" and (
             self._last_gsa_talker != talker or talker == "GN"
         )
         self._sats_used = min(MAX_SATS, self._sats_used + used if accumulate else used)
         self._last_gsa_talker = talker
         cur.gsa_sats = self._sats_used
-        mode = self._field(_int(f[2], 1, 3), f[2])
+        mode = self._field(integer(f[2], 1, 3), f[2])
         if mode in (MODE_NO_FIX, MODE_2D, MODE_3D) and talker in _GNSS_TALKERS:
             if mode == MODE_NO_FIX:
                 cur.mode = MODE_NO_FIX
@@ -546,8 +468,8 @@ class FixTracker:
         if len(f) > 9 and f[9][:1] in ("N", "E"):
             return
         cur = self._cur
-        track = self._field(_float(f[1], 0.0, 360.0), f[1])
-        speed = self._field(_float(f[5], 0.0, MAX_KNOTS), f[5])
+        track = self._field(decimal(f[1], 0.0, 360.0), f[1])
+        speed = self._field(decimal(f[5], 0.0, MAX_KNOTS), f[5])
         if track is not None:
             cur.track = float(track)
         if speed is not None:
@@ -557,8 +479,8 @@ class FixTracker:
         if len(f) < 5:  # time, day, month, year: a shorter one cannot date anything
             self._bad_fields += 1
             return
-        day, month, year = _int(f[2], 1, 31), _int(f[3], 1, 12), _int(f[4], 1980, 2200)
-        tod = _time_of_day(f[1])
+        day, month, year = integer(f[2], 1, 31), integer(f[3], 1, 12), integer(f[4], 1980, 2200)
+        tod = time_of_day(f[1])
         if tod is None or day is None or month is None or year is None:
             self._bad_fields += any(f[1:5])  # a ZDA with something in it, but not a date and time
             return
@@ -566,7 +488,7 @@ class FixTracker:
         self._set_date((int(year), int(month), int(day)), tod)
 
     def _gsv(self, f: tuple[str, ...], mono: float, done: list[Fix]) -> None:
-        total = self._field(_int(f[3], 0, MAX_SATS), f[3])
+        total = self._field(integer(f[3], 0, MAX_SATS), f[3])
         if total is not None:
             self._cur.sats_visible = int(total)
 
