@@ -132,6 +132,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     loaded = load_with_overlay(args.config, overrides, origins)
     setup_logging(args.verbose, loaded.config.log.level)
+    from agent.config.security import exposures
+
+    for warning in exposures(loaded.config):  # refused outright with node.profile = "production"
+        log.warning("%s", warning)
     options = RunOptions(
         simulate=args.simulate,
         events_out=args.events_out,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import threading
 import time
 import uuid
@@ -37,24 +38,46 @@ class _Timex(ctypes.Structure):
     ]
 
 
-def kernel_reports_synchronised() -> bool | None:
-    """True when the kernel says NTP discipline is active (what `timedatectl` reports); None if unknown."""
+# systemd-timesyncd touches this file at each synchronisation; /run is emptied at boot.
+TIMESYNCD_MARKER = Path("/run/systemd/timesync/synchronized")
+
+
+def _adjtimex_state() -> int | None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         timex = _Timex()
         state = libc.adjtimex(ctypes.byref(timex))
     except (OSError, AttributeError):
         return None
-    if state < 0:
+    return state if state >= 0 else None
+
+
+def kernel_reports_synchronised(marker: Path = TIMESYNCD_MARKER) -> bool | None:
+    """True when the kernel says NTP discipline is active (what `timedatectl` reports); None if unknown.
+
+    Under systemd's ProtectClock=yes (the provisioned unit) adjtimex is refused even for reading
+    (EPERM; systemd issue 26413); then systemd-timesyncd's marker, touched at each synchronisation
+    since boot, tells."""
+    state = _adjtimex_state()
+    if state is not None:
+        return state != _TIME_ERROR
+    try:
+        return True if marker.exists() else None
+    except OSError:
         return None
-    return state != _TIME_ERROR
 
 
 def boot_id() -> str:
-    """The kernel's boot id, so records can be ordered within one boot even when wall time is wrong."""
+    """The kernel's boot id, so records can be ordered within one boot even when wall time is wrong.
+    With ProcSubset=pid (the provisioned unit) /proc/sys is hidden and systemd passes it in
+    $VIGIL_BOOT_ID (%b); only without either is a random one made (then it changes per start)."""
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
+        pass
+    try:
+        return str(uuid.UUID(hex=os.environ.get("VIGIL_BOOT_ID", "")))
+    except ValueError:
         return str(uuid.uuid4())
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit, urlunsplit
 
 
@@ -23,3 +24,12 @@ def hide_userinfo(url: str) -> str:
     if sep and ":" in before_at:  # a password with '/', '?' or '#' in it ends the authority early:
         return f"{scheme}://***@{rest.rpartition('@')[2]}"  # hide too much rather than leak it
     return url
+
+
+_URL_WITH_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/?#]+@")
+
+
+def scrub_userinfo(text: str) -> str:
+    """Free text (an exception message, a log line) with the userinfo of every URL in it hidden:
+    libraries quote the URL they were given, password included."""
+    return _URL_WITH_USERINFO.sub(r"\1***@", text)

@@ -57,6 +57,8 @@ def modem_settings(spec: NodeSpec) -> dict[str, Any]:
 def node_config(spec: NodeSpec, settings: FleetSettings) -> dict[str, Any]:
     """The agent config for one node: fleet-wide [agent] settings, then this node's identity on top."""
     node: dict[str, Any] = {"id": spec.id, "site": spec.site, "state_dir": STATE_DIR}
+    if _schema_field("node", "profile"):
+        node["profile"] = "production"  # the agent refuses settings that expose a node in the field
     if spec.lat is not None and spec.lon is not None:
         node["location"] = {"lat": spec.lat, "lon": spec.lon}
         if spec.alt is not None:

@@ -3,13 +3,21 @@
 ECDSA P-256 everywhere: small keys and fast handshakes on a Pi over LTE, and every TLS stack the
 broker or a back office may use accepts it. Certificates start an hour in the past so a node whose
 clock is slightly behind still accepts them.
+
+The CA key may be encrypted with a passphrase (`init-ca --encrypt`). It is read only when something
+must be signed, so `list`, and re-runs that change nothing, never ask for it. The passphrase comes
+from $VIGIL_CA_PASSPHRASE or a prompt on the terminal, never from the command line (which other
+users can read in /proc and which shells keep in their history).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import getpass
 import ipaddress
-from collections.abc import Iterable
+import os
+import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -25,6 +33,8 @@ from provisioning.errors import ProvisionError
 Kind = Literal["node", "operator", "server"]
 BACKDATE = dt.timedelta(hours=1)
 PrivateKey = ec.EllipticCurvePrivateKey
+PASSPHRASE_ENV = "VIGIL_CA_PASSPHRASE"
+MIN_PASSPHRASE = 12
 
 
 def now() -> dt.datetime:
@@ -35,10 +45,35 @@ def new_key() -> PrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def key_pem(key: PrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+def key_pem(key: PrivateKey, passphrase: bytes | None = None) -> bytes:
+    protection: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
     )
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, protection)
+
+
+def is_encrypted_pem(data: bytes) -> bool:
+    return b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in data or b"Proc-Type: 4,ENCRYPTED" in data
+
+
+def ask_passphrase(*, new: bool = False) -> bytes:
+    """The CA key's passphrase: $VIGIL_CA_PASSPHRASE, else asked on the terminal (twice when new)."""
+    value = os.environ.get(PASSPHRASE_ENV)
+    if value is None:
+        if not sys.stdin.isatty():
+            raise ProvisionError(
+                f"the CA key is encrypted: set {PASSPHRASE_ENV} or run vigil-provision from a terminal"
+                if not new
+                else f"--encrypt needs a passphrase: set {PASSPHRASE_ENV} or run init-ca from a terminal"
+            )
+        value = getpass.getpass("New CA key passphrase: " if new else "CA key passphrase: ")
+        if new and getpass.getpass("Repeat the passphrase: ") != value:
+            raise ProvisionError("the passphrases differ; nothing was written")
+    if new and len(value) < MIN_PASSPHRASE:
+        raise ProvisionError(f"the CA key passphrase must have at least {MIN_PASSPHRASE} characters")
+    if not value:
+        raise ProvisionError("empty passphrase")
+    return value.encode()
 
 
 def cert_pem(cert: x509.Certificate) -> bytes:
@@ -75,10 +110,26 @@ def same_public_key(a: ec.EllipticCurvePublicKey, b: ec.EllipticCurvePublicKey) 
     return a.public_bytes(*fmt) == b.public_bytes(*fmt)
 
 
-@dataclass
 class CA:
-    key: PrivateKey
-    cert: x509.Certificate
+    """The fleet CA: its certificate, and its key, read (and decrypted) the first time something is signed."""
+
+    def __init__(self, cert: x509.Certificate, key: PrivateKey | Callable[[], PrivateKey]) -> None:
+        self.cert = cert
+        self._key = key if isinstance(key, ec.EllipticCurvePrivateKey) else None
+        self._load_key = None if isinstance(key, ec.EllipticCurvePrivateKey) else key
+
+    @property
+    def key(self) -> PrivateKey:
+        if self._key is None:
+            assert self._load_key is not None
+            self._key = self._load_key()
+        return self._key
+
+    @property
+    def public_key(self) -> ec.EllipticCurvePublicKey:
+        key = self.cert.public_key()
+        assert isinstance(key, ec.EllipticCurvePublicKey)
+        return key
 
     @classmethod
     def create(cls, fleet_name: str, days: int) -> CA:
@@ -117,19 +168,33 @@ class CA:
             .add_extension(ski, critical=False)
             .sign(key, hashes.SHA256())
         )
-        return cls(key, cert)
+        return cls(cert, key)
 
     @classmethod
-    def load(cls, cert_path: Path, key_path: Path) -> CA:
-        key = load_key(key_path)
+    def load(cls, cert_path: Path, key_path: Path, passphrase: Callable[[], bytes] = ask_passphrase) -> CA:
         cert = load_cert(cert_path)
-        if key is None:
-            raise ProvisionError(f"cannot read the fleet CA key {key_path}")
         if cert is None:
             raise ProvisionError(f"cannot read the fleet CA certificate {cert_path}")
-        if not same_public_key(key.public_key(), cert.public_key()):  # type: ignore[arg-type]
-            raise ProvisionError(f"the fleet CA key {key_path} does not belong to {cert_path}")
-        return cls(key, cert)
+
+        def read_key() -> PrivateKey:
+            try:
+                data = key_path.read_bytes()
+            except OSError as exc:
+                raise ProvisionError(f"cannot read the fleet CA key {key_path}: {exc.strerror}") from None
+            secret = passphrase() if is_encrypted_pem(data) else None
+            try:
+                key = serialization.load_pem_private_key(data, password=secret)
+            except (ValueError, TypeError):
+                if secret is not None:
+                    raise ProvisionError(f"wrong passphrase for the fleet CA key {key_path}") from None
+                raise ProvisionError(f"cannot read the fleet CA key {key_path}") from None
+            if not isinstance(key, ec.EllipticCurvePrivateKey):
+                raise ProvisionError(f"the fleet CA key {key_path} is not an ECDSA key")
+            if not same_public_key(key.public_key(), cert.public_key()):  # type: ignore[arg-type]
+                raise ProvisionError(f"the fleet CA key {key_path} does not belong to {cert_path}")
+            return key
+
+        return cls(cert, read_key)
 
     @property
     def fleet_org(self) -> str:
@@ -183,7 +248,7 @@ class CA:
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.public_key), critical=False
             )
         )
         sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
@@ -212,7 +277,7 @@ class CA:
             .next_update(min(start + dt.timedelta(days=days), self.cert.not_valid_after_utc))
             .add_extension(x509.CRLNumber(number), critical=False)
             .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.public_key), critical=False
             )
         )
         for serial, when in sorted(revoked):
@@ -225,7 +290,7 @@ class CA:
         self, crl: x509.CertificateRevocationList, serials: set[int], refresh_before: dt.timedelta
     ) -> bool:
         """True if `crl` is ours, lists exactly `serials` and will not expire within `refresh_before`."""
-        if crl.issuer != self.cert.subject or not crl.is_signature_valid(self.key.public_key()):
+        if crl.issuer != self.cert.subject or not crl.is_signature_valid(self.public_key):
             return False
         listed = {entry.serial_number for entry in crl}
         next_update = crl.next_update_utc
@@ -276,6 +341,7 @@ class Leaf:
     cert_pem: bytes
     key_pem: bytes
     reason: str | None
+    new_key: bool = False  # a key made now: every earlier certificate of the identity belongs to another key
 
 
 def reuse_or_issue(
@@ -309,7 +375,8 @@ def reuse_or_issue(
             problem = "host names changed"
     if problem is None and cert is not None and key is not None:
         return Leaf(cert, cert_path.read_bytes(), key_path.read_bytes(), None)
+    fresh = key is None
     if key is None:
         key = new_key()
     cert = ca.issue(cn, key.public_key(), days, kind, dns_names=dns_names, ip_addresses=ip_addresses)
-    return Leaf(cert, cert_pem(cert), key_pem(key), problem)
+    return Leaf(cert, cert_pem(cert), key_pem(key), problem, new_key=fresh)

@@ -14,12 +14,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from provisioning import commands
+from provisioning import commands, listing
 from provisioning.broker import BrokerOptions
 from provisioning.errors import ProvisionError
 from provisioning.files import locked
-from provisioning.fleet import TOPIC_PREFIX_PATTERN, Fleet, FleetSettings
+from provisioning.fleet import Fleet, FleetSettings
 from provisioning.inventory import COLUMNS, parse_csv, parse_node
+from provisioning.names import has_control_chars, is_topic_prefix
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -33,9 +34,11 @@ def _fleet(args: argparse.Namespace) -> Fleet:
 
 def cmd_init_ca(args: argparse.Namespace, fleet: Fleet) -> commands.Outcome:
     settings = FleetSettings(name=args.name or fleet.root.name, broker=args.broker, topic_prefix=args.prefix)
-    if not TOPIC_PREFIX_PATTERN.match(args.prefix):
+    if not is_topic_prefix(args.prefix):
         raise ProvisionError(f"--prefix {args.prefix!r} must be topic levels of letters, digits, _ or -")
-    return commands.init_ca(fleet, settings, args.days)
+    if has_control_chars(settings.name) or has_control_chars(args.broker):
+        raise ProvisionError("--name and --broker must not contain control characters")
+    return commands.init_ca(fleet, settings, args.days, encrypt=args.encrypt)
 
 
 def cmd_add_node(args: argparse.Namespace, fleet: Fleet) -> commands.Outcome:
@@ -80,27 +83,63 @@ def cmd_revoke(args: argparse.Namespace, fleet: Fleet) -> commands.Outcome:
 
 
 def cmd_list(args: argparse.Namespace, fleet: Fleet) -> commands.Outcome:
-    rows = commands.listing(fleet)
+    rows = listing.listing(fleet)
     out = commands.Outcome()
     if args.json:
         out.say(json.dumps(rows, indent=2))
         return out
     out.say(f"{'KIND':<9} {'ID':<22} {'SITE':<24} {'SERIAL':<14} {'EXPIRES':<11} STATE")
     for row in rows:
-        if row["kind"] in ("crl", "ca"):
+        if row["kind"] not in ("node", "operator", "broker"):
             continue
         state = str(row["state"]) + (f" {row['revoked_at']}" if row["revoked_at"] else "")
         out.say(
             f"{row['kind']:<9} {row['id']!s:<22} {str(row['site'])[:24]:<24} {str(row['serial'])[:12]:<14} "
             f"{row['expires']!s:<11} {state}"
         )
+        serials = row.get("serials")
+        earlier = [s for s in serials if s["serial"] != row["serial"]] if isinstance(serials, list) else []
+        for item in earlier:  # every certificate ever issued to the identity, and whether it still works
+            when = f" {item['revoked_at']}" if item["revoked_at"] else ""
+            out.say(
+                f"{'':<9} {'  earlier':<22} {'':<24} {item['serial'][:12]:<14} {item['expires']:<11} "
+                f"{item['state']}{when}"
+            )
     for row in rows:
         if row["kind"] == "crl":
             out.say(
                 f"CRL number {row['serial']}: {row['state']}, next update {row['expires']} (refresh before then)"
             )
+        elif row["kind"] == "broker-crl":
+            out.say(
+                f"broker CRL {row['id']}: number {row['serial'] or '-'}, {row['state']}, next update "
+                f"{row['expires'] or '-'}"
+            )
         elif row["kind"] == "ca":
             out.say(f"CA valid until {row['expires']}")
+    for warning in listing.warnings(rows):
+        out.say(f"warning: {warning}")
+    return out
+
+
+def cmd_health(args: argparse.Namespace, fleet: Fleet) -> commands.Outcome:
+    """For cron or monitoring: the CRLs the brokers read, the CA, certificates to renew; exit 1 on any warning."""
+    rows = listing.listing(fleet)
+    found = listing.warnings(rows)
+    renew = [
+        f"{r['kind']} {r['id']}: certificate {r['state']} ({r['expires']})"
+        for r in rows
+        if r["kind"] in ("node", "operator", "broker") and r["state"] in ("renew soon", "expired")
+    ]
+    out = commands.Outcome()
+    for line in [*found, *renew]:
+        out.say(f"warning: {line}")
+    crls = [r for r in rows if r["kind"] in ("crl", "broker-crl")]
+    out.say(
+        f"health: {len(found) + len(renew)} warning(s); "
+        + ", ".join(f"{r['id']} until {r['expires'] or '?'}" for r in crls)
+    )
+    out.failed = bool(found or renew)
     return out
 
 
@@ -131,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="fleet name (default: the directory name)")
     p.add_argument("--prefix", default="vigil", help="MQTT topic prefix (default vigil)")
     p.add_argument("--days", type=int, default=7300, help="CA validity in days (default 7300)")
+    p.add_argument(
+        "--encrypt",
+        action="store_true",
+        help="encrypt the CA key with a passphrase, from $VIGIL_CA_PASSPHRASE or asked on the terminal "
+        "(never on the command line); every command that signs asks for it",
+    )
     p.set_defaults(func=cmd_init_ca)
 
     p = sub.add_parser("add-node", help="issue a node certificate and write its bundle")
@@ -203,10 +248,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NODE")
     p.set_defaults(func=cmd_revoke)
 
-    p = sub.add_parser("list", help="nodes, operators, certificate expiry and revocation")
+    p = sub.add_parser(
+        "list", help="nodes, operators, every certificate and its state, CRL expiry (with warnings)"
+    )
     _fleet_option(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser(
+        "health",
+        help="warn before a CRL a broker reads expires (then it refuses every client), certificates to "
+        "renew; exit 1 on any warning (for cron)",
+    )
+    _fleet_option(p)
+    p.set_defaults(func=cmd_health)
 
     p = sub.add_parser(
         "install",
@@ -256,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     for line in outcome.lines:
         print(line)
-    return EXIT_OK
+    return EXIT_ERROR if outcome.failed else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -10,11 +10,23 @@ from pathlib import Path
 
 from provisioning import broker as broker_mod
 from provisioning.bundle import BUNDLE_DIR_MODE, bundle_files
-from provisioning.ca import CA, cert_pem, crl_pem, key_pem, load_crl, now, reuse_or_issue, serial_hex
+from provisioning.ca import (
+    CA,
+    Leaf,
+    ask_passphrase,
+    cert_pem,
+    crl_pem,
+    key_pem,
+    load_crl,
+    now,
+    reuse_or_issue,
+    serial_hex,
+)
 from provisioning.errors import ProvisionError
 from provisioning.files import Plan
 from provisioning.fleet import Fleet, FleetSettings, parse_broker_url
-from provisioning.inventory import NODE_ID_RE, Inventory, Issued, NodeEntry, NodeSpec
+from provisioning.inventory import Inventory, Issued, NodeEntry, NodeSpec
+from provisioning.names import IDENTITY_RULE, is_broker_dir, is_host, is_identity, is_unix_user
 
 
 @dataclass
@@ -23,6 +35,7 @@ class Outcome:
 
     lines: list[str] = field(default_factory=list)
     changed: bool = False
+    failed: bool = False  # a check found problems: the command exits 1 after printing its lines
 
     def say(self, line: str, changed: bool = False) -> None:
         self.lines.append(line)
@@ -52,18 +65,19 @@ def load(fleet: Fleet) -> Loaded:
 # -- init-ca -----------------------------------------------------------------------------------------
 
 
-def init_ca(fleet: Fleet, settings: FleetSettings, days: int) -> Outcome:
+def init_ca(fleet: Fleet, settings: FleetSettings, days: int, *, encrypt: bool = False) -> Outcome:
     if fleet.exists():
         raise ProvisionError(
             f"{fleet.root} already holds a fleet ({fleet.settings_file.name} or ca/ exists); "
             "init-ca never overwrites a CA (every node certificate depends on it)"
         )
     parse_broker_url(settings.broker, "--broker")
+    passphrase = ask_passphrase(new=True) if encrypt else None
     ca = CA.create(settings.name, days)
     plan = Plan()
     plan.dir(fleet.root, 0o700)
     plan.dir(fleet.ca_dir, 0o700)
-    plan.file("ca", fleet.ca_key, key_pem(ca.key), 0o600)
+    plan.file("ca", fleet.ca_key, key_pem(ca.key, passphrase), 0o600)
     plan.file("ca", fleet.ca_cert, cert_pem(ca.cert), 0o644)
     plan.file("ca", fleet.crl, crl_pem(ca.crl([], 1, settings.crl_days)), 0o644)
     plan.file("settings", fleet.settings_file, settings.render().encode(), 0o644)
@@ -71,7 +85,8 @@ def init_ca(fleet: Fleet, settings: FleetSettings, days: int) -> Outcome:
     plan.apply()
     out = Outcome(changed=True)
     out.say(f"fleet CA created: {fleet.ca_cert} (valid until {ca.cert.not_valid_after_utc:%Y-%m-%d})")
-    out.say(f"CA key: {fleet.ca_key} (0600; keep it offline and backed up)")
+    protection = "encrypted with your passphrase" if encrypt else "not encrypted: consider init-ca --encrypt"
+    out.say(f"CA key: {fleet.ca_key} (0600, {protection}; keep it offline and backed up)")
     out.say(
         f"settings: {fleet.settings_file} (broker {settings.broker}, topic prefix {settings.topic_prefix})"
     )
@@ -79,6 +94,25 @@ def init_ca(fleet: Fleet, settings: FleetSettings, days: int) -> Outcome:
 
 
 # -- nodes -------------------------------------------------------------------------------------------
+
+
+def retire_earlier(
+    kind: str, name: str, issued: Issued, leaf: Leaf, *, reissue: bool, flag: str
+) -> tuple[list[str], str | None]:
+    """Call before recording `leaf`. A new key means the old one is lost, stolen or retired: every
+    earlier certificate of the identity that is still valid is revoked (with --reissue), otherwise
+    refused, so a stolen key never outlives its replacement. A renewal keeps the key and revokes nothing.
+    Returns (serials revoked now, problem)."""
+    earlier = [serial for serial in issued.issued if serial not in issued.revoked]
+    if not leaf.new_key or not earlier:
+        return [], None
+    if not reissue:
+        shown = ", ".join(serial[:12] + "…" for serial in earlier)
+        return [], (
+            f"{kind} {name!r}: a new key would be made ({leaf.reason}) while its certificate(s) {shown} are "
+            f"still valid; restore its key from a backup, or pass {flag} to revoke them and issue a new key"
+        )
+    return issued.revoke(earlier, now()), None
 
 
 def provision_nodes(
@@ -135,6 +169,7 @@ def provision_nodes(
     revoked = loaded.revoked_serials()
     plan = Plan()
     issued_notes: dict[str, str] = {}
+    retired: dict[str, list[str]] = {}
     existed = {s.id: fleet.bundle_dir(s.id).exists() for s in specs}
     for spec in specs:
         folder = fleet.bundle_dir(spec.id)
@@ -156,6 +191,14 @@ def provision_nodes(
             )
         entry = inv.nodes.setdefault(spec.id, NodeEntry(spec))
         entry.spec = spec
+        flag = f"--reissue {spec.id}" if skip_revoked else "--reissue"
+        gone, problem = retire_earlier(
+            "node", spec.id, entry.cert, leaf, reissue=spec.id in reissue, flag=flag
+        )
+        if problem is not None:
+            problems.append(problem)
+        if gone:
+            retired[spec.id] = gone
         entry.cert.record(serial_hex(leaf.cert.serial_number), leaf.cert.not_valid_after_utc)
         plan.dir(fleet.nodes_dir, 0o700)
         plan.dir(folder, BUNDLE_DIR_MODE)
@@ -163,6 +206,8 @@ def provision_nodes(
         files = bundle_files(spec, loaded.settings, ca_pem, leaf.cert, leaf.cert_pem, leaf.key_pem)
         for name, (data, mode) in files.items():
             plan.file(spec.id, folder / name, data, mode)
+    if problems:  # nothing has been written yet
+        raise ProvisionError("\n".join(problems))
     plan.file("inventory", fleet.inventory_file, inv.dump(), 0o600)
     changed = plan.apply()
 
@@ -178,8 +223,16 @@ def provision_nodes(
         out.say(f"{node_id:<20} revoked   skipped (remove it from the sheet, or --reissue {node_id})")
         counts["revoked"] = counts.get("revoked", 0) + 1
     out.say(f"{len(specs) + len(skipped)} node(s): " + ", ".join(f"{n} {k}" for k, n in counts.items() if n))
-    if any(s.id in reissue for s in specs):
+    for node_id, serials in sorted(retired.items()):
+        out.say(
+            f"{node_id}: revoked {len(serials)} earlier certificate(s) "
+            f"({', '.join(serial[:12] + '…' for serial in serials)})",
+            True,
+        )
+    if any(s.id in reissue for s in specs) or retired:
         refresh_broker_outputs(loaded, out)
+    if retired:
+        out.say(f"CRL: {fleet.crl}; copy crl.pem and acl to the broker and restart Mosquitto")
     return out
 
 
@@ -187,8 +240,8 @@ def provision_nodes(
 
 
 def add_operator(fleet: Fleet, name: str, days: int | None, reissue: bool) -> Outcome:
-    if not NODE_ID_RE.match(name):
-        raise ProvisionError(f"operator name {name!r} must be 1-63 letters, digits, '.', '_' or '-'")
+    if not is_identity(name):
+        raise ProvisionError(f"operator name {name!r} must be {IDENTITY_RULE}")
     loaded = load(fleet)
     inv = loaded.inventory
     if name in inv.nodes:
@@ -210,6 +263,9 @@ def add_operator(fleet: Fleet, name: str, days: int | None, reissue: bool) -> Ou
         revoked=loaded.revoked_serials(),
         force=reissue,
     )
+    retired, problem = retire_earlier("operator", name, issued, leaf, reissue=reissue, flag="--reissue")
+    if problem is not None:
+        raise ProvisionError(problem)
     issued.record(serial_hex(leaf.cert.serial_number), leaf.cert.not_valid_after_utc)
     inv.operators[name] = issued
     plan = Plan()
@@ -229,19 +285,30 @@ def add_operator(fleet: Fleet, name: str, days: int | None, reissue: bool) -> Ou
             f"{leaf.cert.not_valid_after_utc:%Y-%m-%d}, in {folder}",
             changed=True,
         )
+    if retired:
+        out.say(
+            f"operator {name}: revoked {len(retired)} earlier certificate(s) "
+            f"({', '.join(serial[:12] + '…' for serial in retired)})",
+            True,
+        )
     if changed.get("inventory"):
-        refresh_broker_outputs(loaded, out)  # a new operator needs its ACL entry
+        refresh_broker_outputs(loaded, out)  # a new operator needs its ACL entry; a re-issue the CRL
     return out
 
 
 # -- broker ------------------------------------------------------------------------------------------
 
 
+def crl_refresh_window(settings: FleetSettings) -> dt.timedelta:
+    """How long before its next update a CRL is re-signed (revoke, broker-config) and warned about."""
+    return dt.timedelta(days=min(30, max(1, settings.crl_days // 2)))
+
+
 def crl_bytes(loaded: Loaded) -> bytes:
     """The current CRL, re-signed only when its content changes or it nears its next update."""
     revoked = loaded.inventory.revoked()
     existing = load_crl(loaded.fleet.crl)
-    refresh = dt.timedelta(days=min(30, max(1, loaded.settings.crl_days // 2)))
+    refresh = crl_refresh_window(loaded.settings)
     if existing is not None and loaded.ca.crl_is_current(existing, {s for s, _ in revoked}, refresh):
         return loaded.fleet.crl.read_bytes()
     loaded.inventory.crl_number += 1
@@ -287,9 +354,26 @@ def broker_plan(loaded: Loaded, options: broker_mod.BrokerOptions, crl: bytes, p
     return f"server certificate for {', '.join(hosts)} valid until {until:%Y-%m-%d} ({leaf.reason})"
 
 
-def broker_config(fleet: Fleet, options: broker_mod.BrokerOptions) -> Outcome:
+def check_broker_options(options: broker_mod.BrokerOptions, origin: str = "broker-config") -> None:
+    """Everything that lands in mosquitto.conf or the broker certificate, checked whole: one directive
+    per line, so a newline in a host, user or path would write a configuration Mosquitto refuses."""
+    problems = []
     if not 1 <= options.port <= 65535:
-        raise ProvisionError(f"--port {options.port} is not a TCP port")
+        problems.append(f"--port {options.port} is not a TCP port")
+    problems += [f"--host {h!r} is not a host name or IP address" for h in options.hosts if not is_host(h)]
+    if options.bind is not None and not is_host(options.bind):
+        problems.append(f"--bind {options.bind!r} is not an address or host name")
+    if options.user is not None and not is_unix_user(options.user):
+        problems.append(f"--user {options.user!r} is not a user name")
+    if not is_broker_dir(options.files_dir):
+        flag = "--install-dir" if options.install_dir is not None else "--out"
+        problems.append(f"{flag} {options.files_dir!r} must be an absolute path without control characters")
+    if problems:
+        raise ProvisionError(f"{origin}: " + "; ".join(problems))
+
+
+def broker_config(fleet: Fleet, options: broker_mod.BrokerOptions) -> Outcome:
+    check_broker_options(options)
     loaded = load(fleet)
     crl = crl_bytes(loaded)
     plan = Plan()
@@ -321,6 +405,7 @@ def refresh_broker_outputs(loaded: Loaded, out: Outcome) -> None:
     plan = Plan()
     for record in loaded.inventory.broker_outputs:
         options = broker_mod.BrokerOptions.from_dict(record)
+        check_broker_options(options, f"{loaded.fleet.inventory_file} (broker output {options.out})")
         if Path(options.out).is_dir():
             broker_plan(loaded, options, crl, plan)
     plan.file("ca", loaded.fleet.crl, crl)
@@ -355,69 +440,3 @@ def revoke(fleet: Fleet, name: str) -> Outcome:
         f"CRL: {fleet.crl} (number {loaded.inventory.crl_number}); copy it to the broker and restart Mosquitto"
     )
     return out
-
-
-# -- list --------------------------------------------------------------------------------------------
-
-
-def listing(fleet: Fleet) -> list[dict[str, object]]:
-    loaded = load(fleet)
-    inv = loaded.inventory
-    current = now()
-    renew = loaded.renew_before
-
-    def state(issued: Issued) -> str:
-        if issued.is_revoked:
-            return "revoked"
-        if issued.not_after is None:
-            return "no certificate"
-        if issued.not_after <= current:
-            return "expired"
-        if issued.not_after - current < renew:
-            return "renew soon"
-        return "ok"
-
-    rows: list[dict[str, object]] = []
-    for kind, items in (
-        ("node", {k: (e.cert, e.spec.site) for k, e in inv.nodes.items()}),
-        ("operator", {k: (i, "") for k, i in inv.operators.items()}),
-        ("broker", {k: (i, "") for k, i in inv.servers.items()}),
-    ):
-        for name, (issued, site) in sorted(items.items()):
-            rows.append(
-                {
-                    "kind": kind,
-                    "id": name,
-                    "site": site,
-                    "serial": issued.serial or "",
-                    "expires": issued.not_after.strftime("%Y-%m-%d") if issued.not_after else "",
-                    "state": state(issued),
-                    "revoked_at": issued.revoked[issued.serial].strftime("%Y-%m-%d")
-                    if issued.is_revoked and issued.serial
-                    else "",
-                }
-            )
-    crl = load_crl(fleet.crl)
-    rows.append(
-        {
-            "kind": "crl",
-            "id": str(fleet.crl),
-            "site": "",
-            "serial": str(inv.crl_number),
-            "expires": crl.next_update_utc.strftime("%Y-%m-%d") if crl and crl.next_update_utc else "",
-            "state": f"{sum(1 for _ in crl)} revoked" if crl else "missing",
-            "revoked_at": "",
-        }
-    )
-    rows.append(
-        {
-            "kind": "ca",
-            "id": str(fleet.ca_cert),
-            "site": "",
-            "serial": serial_hex(loaded.ca.cert.serial_number),
-            "expires": loaded.ca.cert.not_valid_after_utc.strftime("%Y-%m-%d"),
-            "state": "ok",
-            "revoked_at": "",
-        }
-    )
-    return rows

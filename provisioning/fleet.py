@@ -10,7 +10,6 @@ FLEET/broker/             Mosquitto configuration (default output of broker-conf
 
 from __future__ import annotations
 
-import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,21 +17,21 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from provisioning.errors import ProvisionError
+from provisioning.names import has_control_chars, is_host, is_topic_prefix
 
 FLEET_FILE = "fleet.toml"
-TOPIC_PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
 
 
 def parse_broker_url(url: str, origin: str) -> tuple[str, int]:
     """A fleet broker must be mqtts:// (node identity *is* the TLS client certificate)."""
-    parts = urlsplit(url)
-    if parts.scheme != "mqtts" or not parts.hostname:
+    parts = urlsplit(url)  # (which silently drops tabs and newlines: the host is checked on its own)
+    if parts.scheme != "mqtts" or not parts.hostname or has_control_chars(url) or not is_host(parts.hostname):
         raise ProvisionError(f"{origin}: broker {url!r} must look like mqtts://host[:port] (mutual TLS)")
     try:
         port = parts.port or 8883
     except ValueError:
         raise ProvisionError(f"{origin}: broker {url!r} has an invalid port") from None
-    if parts.path not in ("", "/") or parts.query or parts.username:
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
         raise ProvisionError(f"{origin}: broker {url!r} must be just mqtts://host[:port]")
     return parts.hostname, port
 
@@ -104,11 +103,11 @@ def load_settings(path: Path) -> FleetSettings:
         if key not in known:
             raise ProvisionError(f"{path}: unknown setting {key!r} (known: {', '.join(sorted(known))})")
     for key in ("name", "broker"):
-        if not isinstance(data.get(key), str) or not data[key]:
-            raise ProvisionError(f"{path}: {key} must be a non-empty string")
+        if not isinstance(data.get(key), str) or not data[key] or has_control_chars(data[key]):
+            raise ProvisionError(f"{path}: {key} must be a non-empty string without control characters")
     parse_broker_url(data["broker"], str(path))
     prefix = data.get("topic_prefix", "vigil")
-    if not isinstance(prefix, str) or not TOPIC_PREFIX_PATTERN.match(prefix):
+    if not is_topic_prefix(prefix):
         raise ProvisionError(
             f"{path}: topic_prefix {prefix!r} must be topic levels of letters, digits, _ or -"
         )

@@ -10,7 +10,6 @@ import csv
 import datetime as dt
 import io
 import math
-import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -18,12 +17,10 @@ from typing import Any
 
 import tomli_w
 
-from agent.config.schema import NODE_ID_PATTERN
 from provisioning.errors import ProvisionError
 from provisioning.hardware import CAMERAS, MODEM_MANAGERS, MODEMS, NO_MODEM, RTSP_PREFIXES
+from provisioning.names import IDENTITY_RULE, has_control_chars, is_apn, is_identity
 
-NODE_ID_RE = re.compile(NODE_ID_PATTERN)
-APN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,99}$")
 DEFAULT_CAMERA = "camera-module-3"
 
 
@@ -63,12 +60,10 @@ def parse_node(values: dict[str, str]) -> NodeSpec:
     node_id = values.get("id", "").strip()
     if not node_id:
         raise ValueError("id is empty")
-    if not NODE_ID_RE.match(node_id):
-        raise ValueError(
-            f"id {node_id!r} must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
-        )
+    if not is_identity(node_id):
+        raise ValueError(f"id {node_id!r} must be {IDENTITY_RULE}")
     site = values.get("site", "").strip()
-    if any(ord(c) < 32 for c in site):
+    if has_control_chars(site):
         raise ValueError("site contains control characters")
     lat_raw, lon_raw = values.get("lat", "").strip(), values.get("lon", "").strip()
     if bool(lat_raw) != bool(lon_raw):
@@ -82,11 +77,13 @@ def parse_node(values: dict[str, str]) -> NodeSpec:
     camera = values.get("camera", "").strip() or DEFAULT_CAMERA
     if camera not in CAMERAS and not camera.startswith(RTSP_PREFIXES):
         raise ValueError(f"camera {camera!r} is not one of {', '.join(CAMERAS)} or an rtsp:// URL")
+    if has_control_chars(camera) or " " in camera:
+        raise ValueError("camera URL contains spaces or control characters")
     modem = (values.get("modem", "").strip() or NO_MODEM).lower()
     if modem != NO_MODEM and modem not in MODEMS:
         raise ValueError(f"modem {modem!r} is not one of {', '.join([*MODEMS, NO_MODEM])}")
     apn = values.get("apn", "").strip()
-    if apn and not APN_RE.match(apn):
+    if apn and not is_apn(apn):
         raise ValueError(f"apn {apn!r} is not a valid access point name")
     if apn and modem == NO_MODEM:
         raise ValueError("apn given but modem is none")
@@ -174,6 +171,9 @@ class Issued:
     not_after: dt.datetime | None = None
     issued: list[str] = field(default_factory=list)
     revoked: dict[str, dt.datetime] = field(default_factory=dict)
+    expires: dict[str, dt.datetime] = field(
+        default_factory=dict
+    )  # serial -> not after (older inventories lack it)
 
     @property
     def is_revoked(self) -> bool:
@@ -181,15 +181,33 @@ class Issued:
 
     def record(self, serial: str, not_after: dt.datetime) -> None:
         self.serial, self.not_after = serial, not_after
+        self.expires[serial] = not_after
         if serial not in self.issued:
             self.issued.append(serial)
 
-    def revoke_all(self, when: dt.datetime) -> list[str]:
-        """Revoke every serial not yet revoked; the newly revoked ones."""
-        fresh = [s for s in self.issued if s not in self.revoked]
+    def earlier_valid(self) -> list[str]:
+        """Serials other than the current one that are not revoked (they may still be in use)."""
+        return [s for s in self.issued if s != self.serial and s not in self.revoked]
+
+    def revoke(self, serials: list[str], when: dt.datetime) -> list[str]:
+        """Revoke `serials` (those not revoked yet); the newly revoked ones."""
+        fresh = [s for s in serials if s not in self.revoked]
         for serial in fresh:
             self.revoked[serial] = when
         return fresh
+
+    def revoke_all(self, when: dt.datetime) -> list[str]:
+        """Revoke every serial not yet revoked; the newly revoked ones."""
+        return self.revoke(list(self.issued), when)
+
+    def serial_state(self, serial: str, now: dt.datetime) -> str:
+        """current / revoked / expired / superseded (a renewal with the same key: still valid)."""
+        if serial in self.revoked:
+            return "revoked"
+        expires = self.expires.get(serial)
+        if expires is not None and expires <= now:
+            return "expired"
+        return "current" if serial == self.serial else "superseded"
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"issued": list(self.issued)}
@@ -199,16 +217,20 @@ class Issued:
             out["not_after"] = self.not_after
         if self.revoked:
             out["revoked"] = dict(sorted(self.revoked.items()))
+        if self.expires:
+            out["expires"] = dict(sorted(self.expires.items()))
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Issued:
         revoked = {str(k): _utc(v) for k, v in dict(data.get("revoked", {})).items()}
+        expires = {str(k): _utc(v) for k, v in dict(data.get("expires", {})).items()}
         return cls(
             serial=data.get("serial"),
             not_after=_utc(data.get("not_after")),
             issued=[str(s) for s in data.get("issued", [])],
             revoked={k: v for k, v in revoked.items() if v is not None},
+            expires={k: v for k, v in expires.items() if v is not None},
         )
 
 
@@ -237,6 +259,12 @@ class Inventory:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ProvisionError(f"{path}: cannot read the inventory: {exc}") from None
+        names = [*data.get("nodes", {}), *data.get("operators", {})]
+        bad = [name for name in names if not is_identity(name)]
+        if bad:  # a hand edit must not smuggle a newline into the broker's ACL
+            raise ProvisionError(
+                f"{path}: malformed inventory: {', '.join(map(repr, bad))} must be {IDENTITY_RULE}"
+            )
         try:
             nodes = {}
             for node_id, entry in data.get("nodes", {}).items():

@@ -174,7 +174,7 @@ def test_too_many_clients_get_503(tmp_path):
         host, port = node.stage("web").address
         stream = socket.create_connection((host, port), timeout=10)
         try:
-            stream.sendall(b"GET /preview.mjpeg HTTP/1.1\r\nHost: x\r\n\r\n")
+            stream.sendall(b"GET /preview.mjpeg HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             assert stream.recv(64).startswith(b"HTTP/1.1 200")
             assert get(f"http://{host}:{port}/status.json")[0] == 503
         finally:

@@ -35,13 +35,13 @@ CHROME_ARGS = [
 class WebDriver:
     """Just enough of W3C WebDriver: navigate, run a script, take a screenshot."""
 
-    def __init__(self, port: int, profile: Path) -> None:
+    def __init__(self, port: int, profile: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.base = f"http://127.0.0.1:{port}"
         caps = {
             "browserName": "chrome",
             "goog:chromeOptions": {
                 "binary": str(CHROMIUM),
-                "args": [*CHROME_ARGS, f"--user-data-dir={profile}"],
+                "args": [*CHROME_ARGS, f"--user-data-dir={profile}", *extra_args],
                 # a mid-range phone held upright
                 "mobileEmulation": {"deviceMetrics": {"width": 412, "height": 915, "pixelRatio": 2.0}},
             },

@@ -7,11 +7,14 @@ import sys
 from pathlib import Path
 
 from agent.config import dump_toml, load_config
+from agent.config.security import exposures
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     environ = {} if args.ignore_env else None
-    load_config(args.file, environ=environ)  # errors name the file and line
+    loaded = load_config(args.file, environ=environ)  # errors name the file and line
+    for warning in exposures(loaded.config):  # refused outright with node.profile = "production"
+        print(f"agent: warning: {warning}", file=sys.stderr)
     if args.print:
         # what the agent would run with: the file, live changes kept on this node, the environment
         from agent.control.persist import load_with_overlay

@@ -1,7 +1,9 @@
 """`agent gps replay FILE [--json]`: decode a captured NMEA log the way the agent would live.
 
 For technicians checking a receiver: one line per reporting cycle (fix update), then a summary
-of good sentences, bad checksums and garbage, so a bad cable or a wrong baud rate shows at once.
+of good sentences, bad checksums, garbage and sentences with bad fields (checksum-valid but not
+making sense: skipped or partly unknown, never fatal), so a bad cable, a wrong baud rate or a
+confused receiver shows at once.
 Lines starting with `#` are comments (gpsd's test logs start with a header); every other byte is
 fed as captured, CR LF and NUL included.
 """
@@ -60,7 +62,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"agent: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    fixes, framer, _ = replay(data)
+    fixes, framer, tracker = replay(data)
     stats = framer.stats
     summary = {
         "good": stats.good,
@@ -69,6 +71,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         "garbage": stats.garbage,
         "garbage_bytes": stats.garbage_bytes,
         "proprietary": stats.proprietary,
+        "malformed": tracker.stats.malformed,
         "fixes": len(fixes),
         "with_position": sum(1 for f in fixes if f.has_position),
     }
@@ -81,7 +84,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         out.write(
             f"{summary['good']} good sentences ({summary['proprietary']} proprietary, ignored), "
             f"{summary['bad_checksum']} bad checksums, {summary['no_checksum']} without checksum, "
-            f"{summary['garbage']} garbage fragments ({summary['garbage_bytes']} bytes); "
+            f"{summary['garbage']} garbage fragments ({summary['garbage_bytes']} bytes), "
+            f"{summary['malformed']} with bad fields (skipped or partly unknown); "
             f"{summary['fixes']} fix updates, {summary['with_position']} with a position\n"
         )
     if stats.good == 0:
@@ -99,7 +103,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="decode a captured NMEA log: one line per fix update, then sentence counts",
         description="Decode a captured NMEA log as the agent would live. Lines starting with # are "
         "comments. With --json: one JSON object per fix update (time, lat, lon, mode 1 none/2 2D/3 3D, "
-        "sats_used, hdop, speed m/s, track) and a final {\"summary\": {...}} object.",
+        "sats_used, hdop, speed m/s, track) and a final {\"summary\": {...}} object. Sentences with a "
+        "valid checksum but fields that make no sense are counted (malformed) and skipped.",
     )
     rp.add_argument("file", type=Path, metavar="FILE")
     rp.add_argument("--json", action="store_true", help="JSON lines instead of a table")

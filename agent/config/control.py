@@ -8,6 +8,7 @@ from another machine needs a token, because the page shows the camera's view.
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
@@ -15,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from agent.config.base import Section
 
 LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost"})
+_HOST_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
 
 
 def parse_listen(text: str) -> tuple[str, int] | None:
@@ -70,7 +72,32 @@ class HttpConfig(Section):
     )
     recent_events: int = Field(default=12, ge=1, le=100, description="Events listed on the page.")
     max_clients: int = Field(
-        default=16, ge=1, le=64, description="Concurrent HTTP connections served; more get 503."
+        default=16,
+        ge=1,
+        le=64,
+        description="Requests served at once (after the access check); more get 503. Connections still "
+        "sending their request have a pool of the same size, where the oldest makes way for a new one.",
+    )
+    max_clients_per_address: int = Field(
+        default=6,
+        ge=1,
+        le=64,
+        description="Connections one client address may hold (IPv6: one /64); more get 503. Browsers "
+        "open up to six per site.",
+    )
+    head_timeout_s: float = Field(
+        default=10.0,
+        ge=1,
+        le=120,
+        description="Seconds a connection has to send a whole request (line and headers), however "
+        "slowly it trickles; then it is closed. Also how long an idle keep-alive connection is kept.",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names the page may be reached by, besides IP addresses, localhost and this "
+        "machine's own name (e.g. pole-17.city.example). Requests naming any other host are refused "
+        "(421), so a web page elsewhere cannot read the status page through a visitor's browser "
+        "(DNS rebinding).",
     )
 
     @field_validator("listen")
@@ -78,6 +105,15 @@ class HttpConfig(Section):
     def _listen(cls, value: str) -> str:
         parse_listen(value)
         return value.strip()
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, value: list[str]) -> list[str]:
+        names = [v.strip().lower().rstrip(".") for v in value]
+        bad = [v for v in names if not _HOST_NAME.fullmatch(v)]
+        if bad:
+            raise ValueError(f"not host names: {', '.join(map(repr, bad))}")
+        return names
 
     @model_validator(mode="after")
     def _token_when_exposed(self) -> HttpConfig:

@@ -19,6 +19,7 @@ import tomli_w
 from pydantic import ValidationError
 
 from agent.config.schema import Config
+from agent.urls import hide_userinfo
 
 ENV_PREFIX = "VIGIL_"
 ENV_SEPARATOR = "__"
@@ -32,9 +33,11 @@ class ConfigIssue:
     origin: str  # "file.toml:12", "env VIGIL_X__Y", "--flag" or "default"
 
     def __str__(self) -> str:
-        shown = "(missing)" if self.value is _MISSING else repr(self.value)
         where = f"{self.origin}: " if self.origin else ""
-        return f"{where}{self.path or '(top level)'} = {shown}: {self.reason}"
+        if not self.path:  # a rule across sections: the reason names the fields (the value is everything)
+            return f"{where}{self.reason}"
+        shown = "(missing)" if self.value is _MISSING else repr(self.value)
+        return f"{where}{self.path} = {shown}: {self.reason}"
 
 
 class ConfigError(Exception):
@@ -187,13 +190,16 @@ def _origin_for(loc: tuple[Any, ...], origins: Mapping[tuple[Any, ...], str]) ->
     return "default"
 
 
-# Values never echoed in errors, logs, `check-config --print` or `config/get`.
+# Values never echoed in errors, logs, `check-config --print` or `config/get`. Besides these, every
+# URL-valued setting (camera streams, brokers, serial-over-network ports…, whatever its name) loses
+# its `user:password@` part wherever config leaves the process.
 SECRET_PATHS = {("modem", "pin"), ("uplink", "password"), ("http", "token")}
 HIDDEN = "***"
 
 
 def redact_secrets(data: Any, _path: tuple[str, ...] = ()) -> Any:
-    """A copy of plain config data with every set secret replaced by ***."""
+    """A copy of plain config data with every set secret replaced by *** and the userinfo of every
+    URL by ***@ (`rtsp://admin:pw@cam/live` → `rtsp://***@cam/live`). `_path`: where `data` sits."""
     if isinstance(data, Mapping):
         return {
             key: HIDDEN
@@ -201,8 +207,10 @@ def redact_secrets(data: Any, _path: tuple[str, ...] = ()) -> Any:
             else redact_secrets(value, (*_path, key))
             for key, value in data.items()
         }
-    if isinstance(data, list):
+    if isinstance(data, list | tuple):
         return [redact_secrets(item, _path) for item in data]
+    if isinstance(data, str) and "@" in data and "://" in data:
+        return hide_userinfo(data)
     return data
 
 
@@ -215,6 +223,8 @@ def explain(
         reason = error["msg"]
         if loc[:2] in SECRET_PATHS:
             error = {**error, "input": HIDDEN}
+        elif "input" in error:  # a table's error quotes the whole table: its secrets and URLs too
+            error = {**error, "input": redact_secrets(error["input"], tuple(str(p) for p in loc))}
         if error["type"] == "extra_forbidden":
             reason = "unknown setting (check the spelling; see `agent check-config --help`)"
         issues.append(
@@ -222,7 +232,7 @@ def explain(
                 path=".".join(str(p) for p in loc),
                 value=error.get("input", _MISSING) if error["type"] != "missing" else _MISSING,
                 reason=reason.removeprefix("Value error, "),
-                origin=_origin_for(loc, origins),
+                origin=_origin_for(loc, origins) if loc else "",
             )
         )
     return ConfigError(issues)

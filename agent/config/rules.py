@@ -101,7 +101,7 @@ class TimeWindow(Section):
     @field_validator("start", "end")
     @classmethod
     def _hhmm(cls, value: str) -> str:
-        if not _HHMM.match(value):
+        if not _HHMM.fullmatch(value):
             raise ValueError("times are HH:MM in 24-hour form, e.g. 07:30 or 22:00 (24:00 ends the day)")
         return value
 

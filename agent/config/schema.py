@@ -42,6 +42,13 @@ class NodeConfig(Section):
     location: StaticLocation | None = Field(
         default=None, description="Fixed position used when no GNSS fix is available."
     )
+    profile: Literal["development", "production"] = Field(
+        default="development",
+        description="production (what vigil-provision writes into node bundles) refuses settings that "
+        "expose the node on its network: plain mqtt:// to a broker beyond this machine with a password "
+        "or with the control plane on. development (a laptop, a bench) only warns about them, at start "
+        "and in `agent check-config`.",
+    )
 
 
 class CaptureConfig(Section):
@@ -358,4 +365,13 @@ class Config(Section):
     def _reconnect_order(self) -> Config:
         if self.capture.reconnect_max_s < self.capture.reconnect_initial_s:
             raise ValueError("capture.reconnect_max_s must be >= capture.reconnect_initial_s")
+        return self
+
+    @model_validator(mode="after")
+    def _production_is_not_exposed(self) -> Config:
+        from agent.config.security import exposures
+
+        found = exposures(self) if self.node.profile == "production" else []
+        if found:
+            raise ValueError("node.profile = production refuses: " + "; ".join(found))
         return self

@@ -99,7 +99,7 @@ def salvage_id(payload: bytes) -> str | None:
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
     value = data.get("id") if isinstance(data, dict) else None
-    return value if isinstance(value, str) and _ID.match(value) else None
+    return value if isinstance(value, str) and _ID.fullmatch(value) else None
 
 
 def request_time(ts: str | float | int | None) -> float | None:

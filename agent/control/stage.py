@@ -267,7 +267,8 @@ def disclose(config: Config) -> list[dict[str, Any]]:
             "content": "one JSON reply per request an operator sends: request id, ok/error, a message and data. "
             "`status` returns the node's whole state (what the status page shows, including the modem's "
             "IMEI, the SIM's ICCID and the node's position); `config/get` the configuration with "
-            "passwords and tokens left out; `snapshot` sends its one frame as described under snapshots. "
+            "passwords, tokens and the SIM PIN shown as *** and the user:password part of every URL (camera "
+            "streams, network serial ports) hidden; `snapshot` sends its one frame as described under snapshots. "
             "Every change and every snapshot is written to the audit log with who asked",
         }
     ]

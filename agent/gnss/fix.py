@@ -10,16 +10,38 @@ comes from GGA (position + altitude + ≥4 satellites = 3D), RMC/GLL (position =
 (the receiver's own 1/2/3), and a 3D fix is not downgraded by a sentence that cannot tell 2D from
 3D. Void sentences (RMC/GLL status V, GGA quality 0, GNS mode N) mean no fix. Dates come only from
 RMC and ZDA; until one arrives the fix has no time (GGA alone carries no date).
+
+A checksum only proves the bytes arrived as sent, not that they make sense: every field is parsed
+strictly (plain decimal numbers, ranges a receiver can report) and a field that fails is unknown,
+never an exception. A sentence whose parser still fails in an unforeseen way is skipped whole, the
+state restored to what it was before it, and counted as `unexpected` (a bug to report), so one bad
+sentence never stops GNSS.
 """
 
 from __future__ import annotations
 
 import calendar
-import math
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import TypeVar
 
+from agent.gnss.fields import (
+    ALT_RANGE,
+    MAX_KNOTS,
+    MAX_SATS,
+    ddmmyy,
+    decimal,
+    dop,
+    epoch,
+    integer,
+    lat_lon,
+    time_of_day,
+)
 from agent.gnss.nmea import Sentence
+
+log = logging.getLogger(__name__)
+_Number = TypeVar("_Number", int, float)
 
 KNOTS_TO_MPS = 0.514444
 GPS_ROLLOVER_S = 1024 * 7 * 86400  # GPS week numbers wrap every 1024 weeks (1999, 2019, 2038)
@@ -81,83 +103,6 @@ def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def _float(text: str) -> float | None:
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
-def _int(text: str) -> int | None:
-    try:
-        return int(text)
-    except ValueError:
-        return None
-
-
-def _dop(text: str) -> float | None:
-    value = _float(text)
-    return value if value is not None and 0 <= value < 99.0 else None  # 99.99 means "unknown"
-
-
-def _coordinate(value: str, hemisphere: str, limit: float) -> float | None:
-    """ddmm.mmmm / dddmm.mmmm plus N/S/E/W to signed degrees; None when malformed."""
-    if not value or hemisphere not in ("N", "S", "E", "W") or "." not in value:
-        return None
-    whole, _, frac = value.partition(".")
-    if not whole.isdigit() or (frac and not frac.isdigit()) or len(whole) < 3:
-        return None
-    degrees = int(whole[:-2])
-    minutes = int(whole[-2:]) + (float("0." + frac) if frac else 0.0)
-    if minutes >= 60:
-        return None
-    result = degrees + minutes / 60.0
-    if result > limit:
-        return None
-    return -result if hemisphere in ("S", "W") else result
-
-
-def _lat_lon(f: tuple[str, ...], i: int) -> tuple[float, float] | None:
-    lat = _coordinate(f[i], f[i + 1], 90.0)
-    lon = _coordinate(f[i + 2], f[i + 3], 180.0)
-    return None if lat is None or lon is None else (lat, lon)
-
-
-def _time_of_day(text: str) -> float | None:
-    """hhmmss[.sss] to seconds of the day."""
-    if len(text) < 6 or not text[:6].isdigit():
-        return None
-    hh, mm, ss = int(text[:2]), int(text[2:4]), int(text[4:6])
-    if hh > 23 or mm > 59 or ss > 60:
-        return None
-    frac = 0.0
-    if len(text) > 7 and text[6] == "." and text[7:].isdigit():
-        frac = float("0." + text[7:])
-    return hh * 3600 + mm * 60 + ss + frac
-
-
-def _ddmmyy(text: str) -> tuple[int, int, int] | None:
-    if len(text) != 6 or not text.isdigit():
-        return None
-    day, month, yy = int(text[:2]), int(text[2:4]), int(text[4:])
-    if not (1 <= month <= 12 and 1 <= day <= 31):
-        return None
-    year = 2000 + yy if yy < 80 else 1900 + yy  # GPS epoch is 1980; two-digit years wrap there
-    return year, month, day
-
-
-def _epoch(date: tuple[int, int, int], seconds_of_day: float) -> float | None:
-    year, month, day = date
-    try:
-        midnight = calendar.timegm((year, month, day, 0, 0, 0, 0, 0, 0))
-    except (ValueError, OverflowError):
-        return None
-    return midnight + seconds_of_day
-
-
 @dataclass
 class _Cycle:
     """The merged state of the reporting cycle being received."""
@@ -186,7 +131,8 @@ class TrackerStats:
     sentences: int = 0  # sentences offered (framer-accepted)
     used: int = 0  # sentences that changed the fix state
     ignored: int = 0  # proprietary, unknown or unsupported types
-    malformed: int = 0  # right type, wrong shape (too few fields, bad numbers)
+    malformed: int = 0  # right type, wrong shape (too few fields, bad numbers): skipped or partly unknown
+    unexpected: int = 0  # subset of malformed: a parser failed in a way nobody foresaw (a bug; logged)
     cycles: int = 0  # fixes handed over
 
     def as_dict(self) -> dict[str, int]:
@@ -207,6 +153,7 @@ class FixTracker:
     _sats_used: int = 0  # latest GSA count, kept across cycles like gpsd does
     _last_gsa_talker: str = ""
     _last_gga: tuple[str, str] = ("", "")  # (talker, raw time) of the last GGA
+    _bad_fields: int = 0  # fields a handler found present but unreadable (counted per sentence)
 
     # -- public -------------------------------------------------------------------------------------
     def feed(self, sentence: Sentence, mono: float = 0.0) -> Fix | None:
@@ -224,12 +171,23 @@ class FixTracker:
             self._after(kind)
             return None
         done: list[Fix] = []
+        saved = self._save()
+        bad_fields = self._bad_fields
         try:
             handler(self, f, mono, done)
-        except (ValueError, IndexError):  # a field that looks numeric but is not: ignore the sentence
+        except Exception:  # the last resort: skip the sentence whole, as if it never came
+            self._restore(saved)
+            done.clear()
             self.stats.malformed += 1
+            self.stats.unexpected += 1
+            if self.stats.unexpected <= 10 or self.stats.unexpected % 1000 == 0:
+                log.warning("GNSS: skipped a sentence the parser could not handle (%d so far): %s",
+                            self.stats.unexpected, sentence.raw[:120], exc_info=True)
         else:
-            self.stats.used += 1
+            if self._bad_fields > bad_fields:
+                self.stats.malformed += 1
+            else:
+                self.stats.used += 1
         self._after(kind)
         if self._cur.content and self._cur.first_mono is None:
             self._cur.first_mono = mono
@@ -245,6 +203,22 @@ class FixTracker:
         return self._close(mono)
 
     # -- cycle bookkeeping --------------------------------------------------------------------------
+    def _save(self) -> tuple[dict[str, object], _Cycle, int, Fix | None]:
+        """Everything a handler may change (the sentence counters aside), to undo a failed sentence."""
+        state = {k: v for k, v in vars(self).items() if k not in ("stats", "_cur", "last")}
+        return state, replace(self._cur), self.stats.cycles, self.last
+
+    def _restore(self, saved: tuple[dict[str, object], _Cycle, int, Fix | None]) -> None:
+        state, cur, cycles, last = saved
+        vars(self).update(state)
+        self._cur, self.stats.cycles, self.last = cur, cycles, last
+
+    def _field(self, parsed: _Number | None, text: str) -> _Number | None:
+        """`parsed` from `text`; a non-empty field that did not parse is noted as a bad field."""
+        if parsed is None and text:
+            self._bad_fields += 1
+        return parsed
+
     def _after(self, kind: str) -> None:
         if kind != "GSA":
             self._last_gsa_talker = ""
@@ -260,7 +234,7 @@ class FixTracker:
         mode = cur.mode if has_fix or cur.mode < MODE_2D else MODE_NO_FIX
         timestamp = None
         if cur.timed and cur.tod is not None and self._date is not None:
-            timestamp = _epoch(self._date, cur.tod)
+            timestamp = epoch(self._date, cur.tod)
         sats_used = cur.gsa_sats if cur.gsa_sats is not None else cur.gga_sats
         fix = Fix(
             mode=mode,
@@ -293,8 +267,9 @@ class FixTracker:
 
     def _timestamp(self, raw: str, mono: float, done: list[Fix], *, timed: bool) -> None:
         """A sentence with a time of day: a new time starts a new cycle (the old one is complete)."""
-        tod = _time_of_day(raw)
+        tod = time_of_day(raw)
         if tod is None:
+            self._field(None, raw)
             return
         cur = self._cur
         if cur.tod is not None and abs(tod - cur.tod) < 0.01:
@@ -337,7 +312,7 @@ class FixTracker:
     # -- sentences ----------------------------------------------------------------------------------
     def _gga(self, f: tuple[str, ...], mono: float, done: list[Fix]) -> None:
         talker = f[0][:2]
-        quality = _int(f[6]) if f[6] else None
+        quality = self._field(integer(f[6], 0, 9), f[6])
         if quality == 0 and not f[1]:
             # Quectel reports loss of fix as an empty GGA without a time: end the cycle now.
             self._no_time_report(mono, done)
@@ -361,25 +336,34 @@ class FixTracker:
         self._set_mode(MODE_NO_FIX if sats < 3 else mode)
 
     def _sats_and_hdop(self, f: tuple[str, ...]) -> int:
-        """Satellites used and HDOP, where GGA and GNS both carry them (fields 7 and 8)."""
-        sats = _int(f[7]) if f[7] else 0
-        self._cur.gga_sats = sats if f[7] else self._cur.gga_sats
-        hdop = _dop(f[8])
+        """Satellites used and HDOP, where GGA and GNS both carry them (fields 7 and 8). An unreadable
+        count is unknown, and counts as none for the fix mode (as gpsd's atoi makes it)."""
+        sats = self._field(integer(f[7], 0, MAX_SATS), f[7])
+        if sats is not None:
+            self._cur.gga_sats = int(sats)
+        hdop = dop(f[8])
+        self._field(decimal(f[8], 0.0, 100.0), f[8])  # 99.99 is the receiver's "unknown", not a bad field
         if hdop is not None:
             self._cur.hdop = hdop
-        return sats
+        return int(sats) if sats is not None else 0
+
+    def _lat_lon(self, f: tuple[str, ...], i: int) -> tuple[float, float] | None:
+        position = lat_lon(f, i)
+        if position is None and all(f[i : i + 4]):
+            self._bad_fields += 1  # all four present, yet no position: out of range or not numbers
+        return position
 
     def _position(self, f: tuple[str, ...], sats: int) -> int | None:
         """Position and altitude of a GGA or GNS (fields 2-5 and 9): the fix mode they give, or None."""
-        position = _lat_lon(f, 2)
+        position = self._lat_lon(f, 2)
         if position is None:
             return None
         cur = self._cur
         cur.lat, cur.lon = position
-        alt = _float(f[9])
+        alt = self._field(decimal(f[9], *ALT_RANGE), f[9])
         if alt is None:
             return MODE_2D
-        cur.alt_msl = alt
+        cur.alt_msl = float(alt)
         self._alt_known = True
         return MODE_3D if sats >= 4 else MODE_2D
 
@@ -392,24 +376,28 @@ class FixTracker:
             self._cur.content = True
             self._cur.mode = MODE_NO_FIX
             return
-        date = _ddmmyy(f[9]) if len(f) > 9 else None
-        tod = _time_of_day(f[1])
+        date = ddmmyy(f[9]) if len(f) > 9 else None
+        if date is None and len(f) > 9:
+            self._field(None, f[9])
+        tod = time_of_day(f[1])
         if date is not None and tod is not None:
             self._timestamp(f[1], mono, done, timed=False)
             self._set_date(date, tod)
+        elif tod is None:
+            self._field(None, f[1])
         cur = self._cur
         cur.content = True
-        position = _lat_lon(f, 3)
+        position = self._lat_lon(f, 3)
         if position is None:
             cur.mode = MODE_NO_FIX
             return
         cur.lat, cur.lon = position
-        speed = _float(f[7])
+        speed = self._field(decimal(f[7], 0.0, MAX_KNOTS), f[7])
         if speed is not None:
             cur.speed = speed * KNOTS_TO_MPS
-        track = _float(f[8])
+        track = self._field(decimal(f[8], 0.0, 360.0), f[8]) if len(f) > 8 else None
         if track is not None:
-            cur.track = track
+            cur.track = float(track)
         mode = MODE_3D if self._prev_mode == MODE_3D else MODE_2D
         if self._sats_used > 3 or cur.alt_msl is not None:
             mode = MODE_3D
@@ -421,7 +409,7 @@ class FixTracker:
         cur = self._cur
         cur.content = True
         valid = f[6][:1] == "A" and (len(f) < 8 or f[7][:1] != "N")
-        position = _lat_lon(f, 1) if valid else None
+        position = self._lat_lon(f, 1) if valid else None
         if position is None:
             cur.mode = MODE_NO_FIX
             return
@@ -456,49 +444,53 @@ class FixTracker:
         talker = f[0][:2]
         if len(f) <= 19:  # longer ones (24-channel receivers) carry unreliable DOPs
             for attr, idx in (("pdop", 15), ("hdop", 16), ("vdop", 17)):
-                dop = _dop(f[idx])
-                if dop is not None:
-                    setattr(cur, attr, dop)
-        used = sum(1 for x in f[3:15] if x.isdigit() and int(x) > 0)
+                value = dop(f[idx])
+                self._field(decimal(f[idx], 0.0, 100.0), f[idx])
+                if value is not None:
+                    setattr(cur, attr, value)
+        used = sum(1 for x in f[3:15] if (prn := integer(x, 1, 999)) is not None and prn > 0)
         accumulate = self._last_gsa_talker != "" and (
             self._last_gsa_talker != talker or talker == "GN"
         )
-        self._sats_used = self._sats_used + used if accumulate else used
+        self._sats_used = min(MAX_SATS, self._sats_used + used if accumulate else used)
         self._last_gsa_talker = talker
         cur.gsa_sats = self._sats_used
-        mode = _int(f[2]) if f[2] else None
+        mode = self._field(integer(f[2], 1, 3), f[2])
         if mode in (MODE_NO_FIX, MODE_2D, MODE_3D) and talker in _GNSS_TALKERS:
             if mode == MODE_NO_FIX:
                 cur.mode = MODE_NO_FIX
             else:
-                self._set_mode(mode)
+                self._set_mode(int(mode))
 
     def _vtg(self, f: tuple[str, ...], mono: float, done: list[Fix]) -> None:
-        if not f[1] or not f[5]:
+        if len(f) < 6 or not f[1] or not f[5]:
             return
         if len(f) > 9 and f[9][:1] in ("N", "E"):
             return
         cur = self._cur
-        track, speed = _float(f[1]), _float(f[5])
+        track = self._field(decimal(f[1], 0.0, 360.0), f[1])
+        speed = self._field(decimal(f[5], 0.0, MAX_KNOTS), f[5])
         if track is not None:
-            cur.track = track
+            cur.track = float(track)
         if speed is not None:
             cur.speed = speed * KNOTS_TO_MPS
 
     def _zda(self, f: tuple[str, ...], mono: float, done: list[Fix]) -> None:
-        day, month, year = _int(f[2]), _int(f[3]), _int(f[4])
-        tod = _time_of_day(f[1])
-        if tod is None or day is None or month is None or year is None:
+        if len(f) < 5:  # time, day, month, year: a shorter one cannot date anything
+            self._bad_fields += 1
             return
-        if not (1 <= month <= 12 and 1 <= day <= 31 and 1980 <= year <= 2200):
+        day, month, year = integer(f[2], 1, 31), integer(f[3], 1, 12), integer(f[4], 1980, 2200)
+        tod = time_of_day(f[1])
+        if tod is None or day is None or month is None or year is None:
+            self._bad_fields += any(f[1:5])  # a ZDA with something in it, but not a date and time
             return
         self._timestamp(f[1], mono, done, timed=False)
-        self._set_date((year, month, day), tod)
+        self._set_date((int(year), int(month), int(day)), tod)
 
     def _gsv(self, f: tuple[str, ...], mono: float, done: list[Fix]) -> None:
-        total = _int(f[3]) if f[3] else None
-        if total is not None and total >= 0:
-            self._cur.sats_visible = total
+        total = self._field(integer(f[3], 0, MAX_SATS), f[3])
+        if total is not None:
+            self._cur.sats_visible = int(total)
 
     def _no_time_report(self, mono: float, done: list[Fix]) -> None:
         """A void sentence without a time (Quectel: `$GPRMC,,V,…`): close the cycle, report no fix.

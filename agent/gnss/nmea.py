@@ -167,7 +167,7 @@ class NmeaFramer:
             return None
         star = cand.find(b"*")
         if star < 0:
-            if len(cand) > 6 and _TAG.match(cand[1:].split(b",", 1)[0].decode("ascii")):
+            if len(cand) > 6 and _TAG.fullmatch(cand[1:].split(b",", 1)[0].decode("ascii")):
                 stats.no_checksum += 1
             else:
                 stats.garbage += 1
@@ -183,7 +183,7 @@ class NmeaFramer:
             return None
         text = body.decode("ascii")
         fields = tuple(text.split(","))
-        if not _TAG.match(fields[0]):
+        if not _TAG.fullmatch(fields[0]):
             stats.garbage += 1
             stats.garbage_bytes += len(cand)
             return None

@@ -5,6 +5,10 @@ merges what arrives, hands a cycle over when a newer timestamp starts the next o
 goes quiet, and reopens with a capped backoff when the port vanishes (USB receivers re-enumerate,
 modem NMEA ports disappear while the modem reboots). GNSS time reaches the clock only from a real
 fix, after GPS week-rollover correction, and only when it is plausible.
+
+Only a failing read or open means the port is lost. What the receiver sent can never be taken for
+that: bad sentences are counted and skipped by the framer and the tracker, and should decoding a
+chunk still fail, the chunk is dropped, counted (`decode_errors`) and reading goes on.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 from agent.clock import PLAUSIBLE_AFTER, Clock
 from agent.gnss.fix import MODE_2D, Fix, FixTracker, correct_rollover
 from agent.gnss.nmea import NmeaFramer
+from agent.urls import scrub_userinfo
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +59,7 @@ class GnssReader:
         self._opens = 0
         self._clock_fed = 0
         self._clock_rejected = 0
+        self._decode_errors = 0
         self._last_rx: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -122,7 +128,12 @@ class GnssReader:
                 "fix": {**latest.as_dict(), "age_s": round(now - latest.mono, 1)} if latest else None,
                 "position_age_s": round(now - position.mono, 1) if position else None,
                 "clock": {"fed": self._clock_fed, "rejected": self._clock_rejected},
-                "counters": {**self.framer.stats.as_dict(), **self.tracker.stats.as_dict(), "opens": self._opens},
+                "counters": {
+                    **self.framer.stats.as_dict(),
+                    **self.tracker.stats.as_dict(),
+                    "opens": self._opens,
+                    "decode_errors": self._decode_errors,
+                },
             }
 
     # -- the thread -------------------------------------------------------------------------------
@@ -132,7 +143,7 @@ class GnssReader:
             try:
                 self._port = self._opener()
             except Exception as exc:  # SerialException/OSError: not (yet) there
-                self._set_state("absent", f"cannot open {self.port_label}: {exc}")
+                self._set_state("absent", scrub_userinfo(f"cannot open {self.port_label}: {exc}"))
                 self._stop.wait(backoff * random.uniform(0.9, 1.1))
                 backoff = min(backoff * 2, self.reopen_max_s)
                 continue
@@ -144,7 +155,7 @@ class GnssReader:
                 self._read_loop()
             except Exception as exc:  # the port vanished under us
                 if not self._stop.is_set():
-                    self._set_state("absent", f"port {self.port_label} lost: {exc}")
+                    self._set_state("absent", scrub_userinfo(f"port {self.port_label} lost: {exc}"))
             finally:
                 self._close()
                 self.framer.flush()
@@ -157,19 +168,29 @@ class GnssReader:
         port = self._port
         port.timeout = 0.1
         while not self._stop.is_set():
-            data = port.read(min(max(port.in_waiting, 1), 4096))
+            data = port.read(min(max(port.in_waiting, 1), 4096))  # raises when the port is gone
             now = time.monotonic()
             if data:
                 with self._lock:
                     self._last_rx = now
-                for sentence in self.framer.feed(data):
-                    fix = self.tracker.feed(sentence, now)
-                    if fix is not None:
-                        self._publish(fix)
+                self._decode(data, now)
             elif self.tracker.in_cycle and self._last_rx is not None and now - self._last_rx >= QUIET_GAP_S:
                 fix = self.tracker.end_cycle(now)
                 if fix is not None:
                     self._publish(fix)
+
+    def _decode(self, data: bytes, now: float) -> None:
+        """Frame and merge one chunk. Never raises: input is never a reason to drop the port."""
+        try:
+            for sentence in self.framer.feed(data):
+                fix = self.tracker.feed(sentence, now)
+                if fix is not None:
+                    self._publish(fix)
+        except Exception:
+            self._decode_errors += 1
+            if self._decode_errors <= 10 or self._decode_errors % 1000 == 0:
+                log.warning("GNSS: could not decode input from %s (%d so far); skipped",
+                            self.port_label, self._decode_errors, exc_info=True)
 
     def _close(self) -> None:
         port, self._port = self._port, None

@@ -172,8 +172,8 @@ class AtError(Exception):
         self.reason = final
         m = re.match(r"^\+CM[ES] ERROR:\s*(.*)$", final)
         if m:
-            detail = m.group(1).strip()
-            if detail.isdigit():
+            detail = m.group(1).strip()[:80]  # the reason is quoted in logs and status
+            if detail.isascii() and detail.isdigit() and len(detail) <= 6:
                 self.code = int(detail)
                 self.reason = CME_ERRORS.get(self.code, f"error {self.code}")
             else:

@@ -93,6 +93,9 @@ class Scenario:
     route: Path | None = None  # NMEA log replayed (re-stamped to now) instead of a fixed position
     nmea_interval_s: float = 1.0
     gnss_on: bool = False  # GNSS engine running at boot (a standalone receiver is always on)
+    # command (upper case, no spaces) -> (information lines, final result): well-framed nonsense answered
+    # instead of the normal reply, for tests of what the agent does with it
+    garbled: dict[str, tuple[tuple[str, ...], str]] = field(default_factory=dict)
 
     @classmethod
     def named(cls, name: str, **overrides: Any) -> Scenario:
@@ -468,6 +471,9 @@ class ModemEmulator:
         up = raw.upper().replace(" ", "")
         manufacturer, model, firmware, imei = _IDENTITY[sc.vendor]
         registered = self.registration_stat(now) in (1, 5)
+        if up in sc.garbled:
+            lines, final = sc.garbled[up]
+            return list(lines), final, None
         if up in ("AT", "ATZ", "AT&F"):
             return [], "OK", None
         if up in ("ATE0", "ATE1", "ATE"):

@@ -79,6 +79,10 @@ def port_users(device: str, *, proc: Path = Path("/proc"), probe_services: bool 
     except OSError:
         users.readable = False
         pids = []
+    if pids and 1 not in pids and own != 1:
+        # /proc hides other users' processes (hidepid, systemd's ProtectProc=invisible): whoever holds
+        # the port may simply be invisible, as unreadable as a process we may not inspect
+        users.readable = False
     for pid in pids:
         if pid == own:
             continue

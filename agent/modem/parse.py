@@ -1,12 +1,22 @@
 """Parsers for 3GPP TS 27.007 answers: registration, operator, signal, SIM, PDP contexts.
 
 Pure functions of one response line (without its `+XXX:` prefix) so they are unit-tested and
-fuzzed without a modem. Anything malformed returns None rather than raising.
+fuzzed without a modem. Anything malformed returns None rather than raising, and a field that is
+well framed but makes no sense (a number that is not one, `nan`, a signal of +40 dBm, a 2 kB operator
+name) is unknown rather than passed on: these values reach status, telemetry and every event.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import re
+from dataclasses import dataclass, fields
+
+_INTEGER = re.compile(r"[+-]?\d{1,9}")
+_HEX_INTEGER = re.compile(r"0[xX][0-9A-Fa-f]{1,8}")
+_DECIMAL = re.compile(r"[+-]?(?:\d{1,9}(?:\.\d{0,9})?|\.\d{1,9})")
+_HEX_ID = re.compile(r"[0-9A-Fa-f]{1,16}")  # LAC/TAC and cell ids, as the modem sends them
+MAX_TEXT = 64  # operator names, identities, SIM states: longer is noise
 
 
 def split_fields(text: str) -> list[str]:
@@ -27,27 +37,39 @@ def split_fields(text: str) -> list[str]:
 
 
 def to_int(text: str | None) -> int | None:
+    """A decimal (or 0x hex) integer field; anything else (`1_0`, `²`, 40 digits) is None."""
     if text is None:
         return None
     text = text.strip()
-    if text.lower().startswith("0x"):
-        try:
-            return int(text, 16)
-        except ValueError:
-            return None
-    try:
-        return int(text)
-    except ValueError:
-        return None
+    if _HEX_INTEGER.fullmatch(text):
+        return int(text, 16)
+    return int(text) if _INTEGER.fullmatch(text) else None
 
 
 def to_float(text: str | None) -> float | None:
+    """A plain decimal field; `nan`, `inf` and exponents are None."""
     if text is None:
         return None
-    try:
-        return float(text.strip())
-    except ValueError:
+    text = text.strip()
+    return float(text) if _DECIMAL.fullmatch(text) else None
+
+
+def text_field(text: str | None, limit: int = MAX_TEXT) -> str | None:
+    """Free text from the modem (operator, identity): printable characters only, at most `limit`."""
+    if text is None:
         return None
+    cleaned = "".join(ch for ch in text if ch.isprintable()).strip()
+    return cleaned[:limit] or None
+
+
+def _hex_id(text: str | None) -> str | None:
+    return text if text and _HEX_ID.fullmatch(text) else None
+
+
+def _within(value: float | int | None, low: float, high: float) -> float | int | None:
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value if math.isfinite(value) and low <= value <= high else None
 
 
 # -- registration (+CREG / +CGREG / +CEREG / +C5GREG) -----------------------------------------------
@@ -94,6 +116,11 @@ class Registration:
     cell: str | None = None  # cell id, hex as sent
     act: int | None = None
 
+    def __post_init__(self) -> None:  # a field that makes no sense is unknown
+        object.__setattr__(self, "area", _hex_id(self.area))
+        object.__setattr__(self, "cell", _hex_id(self.cell))
+        object.__setattr__(self, "act", _within(self.act, 0, 255))
+
     @property
     def state(self) -> str:
         return REG_STATES.get(self.stat, "unknown")
@@ -130,6 +157,10 @@ class Operator:
     name: str | None = None
     act: int | None = None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", text_field(self.name))
+        object.__setattr__(self, "act", _within(self.act, 0, 255))
+
     @property
     def technology(self) -> str | None:
         return ACCESS_TECH.get(self.act) if self.act is not None else None
@@ -147,6 +178,16 @@ def parse_cops(text: str) -> Operator | None:
 
 
 # -- signal -----------------------------------------------------------------------------------------
+# Plausible ranges (3GPP TS 36.133 reporting ranges, with margin for vendor offsets).
+SIGNAL_RANGES: dict[str, tuple[float, float]] = {
+    "rssi_dbm": (-150.0, 0.0),
+    "csq": (0, 31),
+    "ber": (0, 7),
+    "rsrp": (-160.0, -20.0),
+    "rsrq": (-50.0, 20.0),
+    "sinr": (-30.0, 60.0),
+}
+
 @dataclass(frozen=True)
 class Signal:
     rssi_dbm: float | None = None
@@ -155,6 +196,12 @@ class Signal:
     rsrp: float | None = None  # dBm
     rsrq: float | None = None  # dB
     sinr: float | None = None  # dB
+
+    def __post_init__(self) -> None:
+        """Values outside what a radio can report are unknown, never passed on (nan would not even be JSON)."""
+        for f in fields(self):
+            low, high = SIGNAL_RANGES[f.name]
+            object.__setattr__(self, f.name, _within(getattr(self, f.name), low, high))
 
     def as_dict(self) -> dict[str, float | int | None]:
         return {
@@ -179,13 +226,15 @@ def parse_csq(text: str) -> Signal | None:
 
 # -- SIM --------------------------------------------------------------------------------------------
 def parse_cpin(text: str) -> str:
-    """`+CPIN: READY` → READY; `SIM PIN`, `SIM PUK`, `NOT READY`, `NOT INSERTED`… as sent."""
-    return text.strip().upper()
+    """`+CPIN: READY` → READY; `SIM PIN`, `SIM PUK`, `NOT READY`, `NOT INSERTED`… as sent
+    (UNKNOWN when it is not a short upper-case phrase)."""
+    state = text.strip().upper()
+    return state if re.fullmatch(r"[A-Z0-9][A-Z0-9 _-]{0,31}", state) else "UNKNOWN"
 
 
 def parse_iccid(text: str) -> str | None:
     """+CCID / +QCCID / +ICCID answers: 19-20 digits (the last may be F)."""
-    digits = "".join(ch for ch in text if ch.isalnum())
+    digits = "".join(ch for ch in text if ch.isascii() and ch.isalnum())
     return digits if 18 <= len(digits) <= 22 else None
 
 
@@ -204,5 +253,5 @@ def parse_cgdcont(lines: list[str]) -> list[PdpContext]:
         cid = to_int(f[0]) if f else None
         if cid is None or len(f) < 3:
             continue
-        contexts.append(PdpContext(cid=cid, pdp_type=f[1], apn=f[2]))
+        contexts.append(PdpContext(cid=cid, pdp_type=text_field(f[1], 16) or "", apn=text_field(f[2], 100) or ""))
     return contexts

@@ -18,6 +18,7 @@ from agent.gnss.reader import GnssReader
 from agent.modem.at import open_port
 from agent.modem.emulator import NMEA, ModemEmulator, Scenario, register, unregister
 from agent.modem.supervisor import LinkSupervisor
+from agent.urls import hide_userinfo
 
 if TYPE_CHECKING:
     from agent.app import Agent, Running
@@ -123,7 +124,7 @@ def build(agent: Agent, running: Running) -> ModemStage | None:
         port, baud = gnss_port, gcfg.baudrate
         reader = GnssReader(
             lambda: open_port(port, baud),
-            port_label=port,
+            port_label=hide_userinfo(port),
             clock=running.clock if gcfg.set_clock else None,
             reopen_max_s=gcfg.reopen_max_s,
         )

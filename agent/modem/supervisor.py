@@ -38,8 +38,10 @@ from agent.modem.parse import (
     parse_cpin,
     parse_csq,
     parse_registration,
+    text_field,
 )
 from agent.modem.vendors import Vendor, choose_vendor
+from agent.urls import hide_userinfo, scrub_userinfo
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +110,7 @@ class LinkSupervisor:
     ) -> None:
         self.config = config
         self.name = name
+        self.port_label = hide_userinfo(config.port)  # what logs and status show (rfc2217://user:pw@…)
         self._opener = opener or (lambda: open_port(config.port, config.baudrate))
         self._stop = threading.Event()
         if power_cycle is None and config.power_cycle_command:
@@ -298,6 +301,7 @@ class LinkSupervisor:
             port = self._opener()
         except Exception as exc:  # SerialException/OSError (no such device), ValueError (bad URL)
             reason = str(exc) if cfg.port in str(exc) else f"cannot open {cfg.port}: {exc}"
+            reason = scrub_userinfo(reason.replace(cfg.port, self.port_label))  # URLs may hold passwords
             self._set_state("absent", reason)
             return False
         at = AtEngine(
@@ -309,11 +313,11 @@ class LinkSupervisor:
         self._opens += 1
         if self._opens > 1:
             self._counts["reopen"] += 1
-            self._note("reopen", f"{cfg.port} is back")
+            self._note("reopen", f"{self.port_label} is back")
         self._timeouts = 0
         self._unresponsive = False
         self._needs_setup = True
-        log.info("modem port %s open", cfg.port)
+        log.info("modem port %s open", self.port_label)
         try:
             self._setup()
         except PortClosed:
@@ -321,14 +325,14 @@ class LinkSupervisor:
         return True
 
     def _on_closed(self, reason: str) -> None:
-        log.warning("modem port %s lost: %s", self.config.port, reason)
+        log.warning("modem port %s lost: %s", self.port_label, scrub_userinfo(reason))
         self._wake.set()
 
     def _drop_engine(self, reason: str) -> None:
         at, self._at = self._at, None
         if at is not None:
             at.stop()
-        self._set_state("absent", f"port {self.config.port} gone: {reason}")
+        self._set_state("absent", scrub_userinfo(f"port {self.port_label} gone: {reason}"))
 
     def _set_modemmanager(self, users: PortUsers) -> None:
         message = users.explain()
@@ -386,7 +390,7 @@ class LinkSupervisor:
             lines = [
                 ln.split(":", 1)[1].strip() if ln.startswith("+") and ":" in ln else ln for ln in resp.lines
             ]
-            return lines[0].strip() if lines else ""
+            return (text_field(lines[0], 32) or "") if lines else ""
 
         manufacturer, model = text("AT+CGMI"), text("AT+CGMM")
         firmware, imei = text("AT+CGMR"), text("AT+CGSN")
@@ -831,7 +835,7 @@ class LinkSupervisor:
                 "message": self._message,
                 "up": self._link_up(),
                 "mode": self.config.mode,
-                "port": self.config.port,
+                "port": self.port_label,
                 "modem": copy.deepcopy(self._modem),
                 "sim": copy.deepcopy(self._sim),
                 "registration": {

@@ -5,6 +5,10 @@ every request must carry it: `Authorization: Bearer <token>` or `X-Vigil-Token` 
 Prometheus), or a `vigil_token` cookie. Opening any page once with `?token=<token>` sets that
 cookie (HttpOnly, SameSite=Strict) and redirects to the same page without the token in the address,
 so a technician opens one link on the phone and the page keeps working.
+
+Before any of that, the Host header must name this node (DNS rebinding), and agent.web.guard decides
+who holds a connection: a total deadline for the request head, a cap per client address, serving
+slots only for requests that passed the access check, and a throttle on wrong tokens.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from agent.web import page
+from agent.web.guard import ConnectionGuard, Ticket, host_allowed
 from agent.web.metrics import CONTENT_TYPE as METRICS_TYPE
 from agent.web.preview import PreviewRenderer
 
@@ -55,8 +60,10 @@ class WebApp:
     preview: PreviewRenderer
     thumbs: Path
     stopping: threading.Event
+    host_names: frozenset[str] = frozenset({"localhost"})  # besides IP addresses (see guard.host_allowed)
     unauthorized: int = 0
     requests: int = 0
+    wrong_host: int = 0
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -64,11 +71,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "vigil"
     sys_version = ""
-    timeout = 20.0  # idle keep-alive connections give their slot back
+    timeout = 20.0  # per read; the guard's head deadline bounds a whole request head
 
     @property
     def app(self) -> WebApp:
         return self.server.app
+
+    def setup(self) -> None:
+        super().setup()
+        self.ticket: Ticket | None = self.server.guard.ticket(self.request)
+
+    def handle_one_request(self) -> None:
+        if self.ticket is not None:
+            self.server.guard.reading(self.ticket)  # the head deadline starts with every request
+        super().handle_one_request()
 
     def log_message(self, format: str, *args: Any) -> None:
         # the request line may carry ?token=…: log the path without its query string
@@ -105,7 +121,29 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return True, False
         if from_query is not None and hmac.compare_digest(from_query.encode(), expected):
             return True, True
+        if presented or from_query is not None:
+            self.server.guard.failed(self.client_address[0])
         return False, False
+
+    def _begin(self) -> bool:
+        """Every request, once its head is in: still wanted, for this host, not from a throttled guesser."""
+        guard = self.server.guard
+        if self.ticket is not None and not guard.head_done(self.ticket):
+            self.close_connection = True  # cut for being too slow: nobody is listening any more
+            return False
+        if not host_allowed(self.headers.get("Host"), self.app.host_names):
+            self.app.wrong_host += 1
+            self.close_connection = True
+            self._send(HTTPStatus.MISDIRECTED_REQUEST, "text/plain", b"this node is not known by that name\n")
+            return False
+        if self.app.token is not None:
+            wait = guard.throttled(self.client_address[0])
+            if wait is not None:
+                self.close_connection = True
+                retry = {"Retry-After": str(max(1, round(wait)))}
+                self._send(HTTPStatus.TOO_MANY_REQUESTS, "text/plain", b"too many wrong tokens\n", retry)
+                return False
+        return True
 
     # -- plumbing ----------------------------------------------------------------------------------
     def _headers(self, status: int, content_type: str, length: int | None, extra: dict[str, str] | None = None) -> None:
@@ -130,12 +168,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.do_GET()
 
     def do_POST(self) -> None:
-        self._send(HTTPStatus.METHOD_NOT_ALLOWED, "text/plain", b"read-only\n", {"Allow": "GET, HEAD"})
+        if self._begin():
+            self._send(HTTPStatus.METHOD_NOT_ALLOWED, "text/plain", b"read-only\n", {"Allow": "GET, HEAD"})
 
     do_PUT = do_DELETE = do_PATCH = do_POST
 
     def do_GET(self) -> None:
         self.app.requests += 1
+        if not self._begin():
+            return
         url = urlsplit(self.path)
         query = parse_qs(url.query)
         allowed, set_cookie = self._allowed(query)
@@ -153,10 +194,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
             cookie = f"{COOKIE}={self.app.token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={COOKIE_MAX_AGE_S}"
             self._send(HTTPStatus.SEE_OTHER, "text/plain", b"", {"Location": target, "Set-Cookie": cookie})
             return
+        guard = self.server.guard
+        if self.ticket is not None and not guard.serve(self.ticket):
+            self.close_connection = True
+            self._send(HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", b"busy\n", {"Retry-After": "2"})
+            return
         try:
             self._route(url.path, query)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client went away
+        finally:
+            if self.ticket is not None:
+                guard.served(self.ticket)
 
     def _route(self, path: str, query: dict[str, list[str]]) -> None:
         if path in page.ASSETS:
@@ -210,7 +259,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
 
     def _thumb(self, event_id: str) -> None:
-        if not EVENT_ID.match(event_id):
+        if not EVENT_ID.fullmatch(event_id):
             self._json({"error": "not found"}, HTTPStatus.NOT_FOUND)
             return
         try:
@@ -222,20 +271,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 class StatusHTTPServer(http.server.ThreadingHTTPServer):
-    """Named, bounded worker threads (a Pi must not grow a thread per stuck phone)."""
+    """Named worker threads, one per admitted connection, bounded by the guard (a Pi must not grow a
+    thread per stuck phone); `serve_forever` reaps connections past their head deadline."""
 
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], app: WebApp, max_clients: int) -> None:
+    def __init__(self, address: tuple[str, int], app: WebApp, guard: ConnectionGuard) -> None:
         self.app = app
-        self._slots = threading.BoundedSemaphore(max_clients)
+        self.guard = guard
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.address_family = family
         super().__init__(address, Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
+        ticket = self.guard.admit(request, str(client_address[0]))
+        if ticket is None:
             try:
                 request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             except OSError:
@@ -243,17 +294,20 @@ class StatusHTTPServer(http.server.ThreadingHTTPServer):
             self.shutdown_request(request)
             return
         threading.Thread(
-            target=self._serve_one, args=(request, client_address), name="web-client", daemon=True
+            target=self._serve_one, args=(request, client_address, ticket), name="web-client", daemon=True
         ).start()
 
-    def _serve_one(self, request: Any, client_address: Any) -> None:
+    def _serve_one(self, request: Any, client_address: Any, ticket: Ticket) -> None:
         try:
             self.finish_request(request, client_address)
         except Exception:
             self.handle_error(request, client_address)
         finally:
+            self.guard.release(ticket)
             self.shutdown_request(request)
-            self._slots.release()
+
+    def service_actions(self) -> None:
+        self.guard.reap()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("http: error serving %s", client_address, exc_info=True)

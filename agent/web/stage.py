@@ -14,6 +14,7 @@ from agent.config.control import is_loopback, parse_listen
 from agent.events import EVENTS_STREAM
 from agent.health.status import camera_flags
 from agent.uplink.spool import Record
+from agent.web.guard import ConnectionGuard, own_names
 from agent.web.metrics import MetricsEndpoint
 from agent.web.preview import PreviewRenderer
 from agent.web.server import StatusHTTPServer, WebApp
@@ -91,6 +92,9 @@ class WebStage:
             "url": self.url,
             "requests": self.app.requests,
             "unauthorized": self.app.unauthorized,
+            "wrong_host": self.app.wrong_host,
+            "connections": self.server.guard.counts(),
+            **self.server.guard.stats.as_dict(),
             "preview_images": self.preview.encoded,
         }
 
@@ -143,9 +147,11 @@ def build(agent: Agent, running: Running) -> WebStage | None:
         preview=preview,
         thumbs=running.state_dir / "thumbs",
         stopping=threading.Event(),
+        host_names=own_names() | frozenset(cfg.allowed_hosts),
     )
+    guard = ConnectionGuard(cfg.max_clients, cfg.max_clients_per_address, cfg.head_timeout_s)
     try:
-        server = StatusHTTPServer((host, port), app, cfg.max_clients)
+        server = StatusHTTPServer((host, port), app, guard)
     except OSError as exc:
         raise AgentError(f"cannot serve the status page on {listen}: {exc.strerror or exc}") from None
     bound_host, bound_port = server.server_address[:2]

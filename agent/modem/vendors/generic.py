@@ -6,6 +6,19 @@ from agent.modem.at import AtEngine, AtError
 from agent.modem.parse import Signal, parse_iccid, split_fields, to_int
 
 
+def parse_cesq(text: str) -> Signal | None:
+    """`+CESQ: <rxlev>,<ber>,<rscp>,<ecno>,<rsrq>,<rsrp>`: LTE indices (255 unknown) to dB/dBm."""
+    f = split_fields(text)
+    if len(f) < 6:
+        return None
+    rsrq_i, rsrp_i = to_int(f[4]), to_int(f[5])
+    rsrq = -20.0 + rsrq_i / 2 if rsrq_i is not None and 0 <= rsrq_i <= 34 else None
+    rsrp = -141.0 + rsrp_i if rsrp_i is not None and 0 <= rsrp_i <= 97 else None
+    if rsrq is None and rsrp is None:
+        return None
+    return Signal(rsrp=rsrp, rsrq=rsrq)
+
+
 class Vendor:
     """Generic 3GPP modem. Subclasses add vendor signal details, reset and GNSS control."""
 
@@ -34,17 +47,7 @@ class Vendor:
             text = at.command("AT+CESQ").first("+CESQ:")
         except AtError:
             return None
-        if text is None:
-            return None
-        f = split_fields(text)
-        if len(f) < 6:
-            return None
-        rsrq_i, rsrp_i = to_int(f[4]), to_int(f[5])
-        rsrq = -20.0 + rsrq_i / 2 if rsrq_i is not None and 0 <= rsrq_i <= 34 else None
-        rsrp = -141.0 + rsrp_i if rsrp_i is not None and 0 <= rsrp_i <= 97 else None
-        if rsrq is None and rsrp is None:
-            return None
-        return Signal(rsrp=rsrp, rsrq=rsrq)
+        return parse_cesq(text) if text is not None else None
 
     def reset(self, at: AtEngine, timeout: float | None = None) -> None:
         """Full modem reboot (27.007 +CFUN=1,1). The port usually vanishes and comes back."""

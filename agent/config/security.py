@@ -1,0 +1,47 @@
+"""Settings that expose a node on its network: warnings in development, refused in production.
+
+Plain `mqtt://` carries the MQTT password in clear text and lets anyone on the path inject
+commands (the control plane subscribes to `cmd/#`) or read the replies. A broker on this very
+machine is exempt: nothing crosses a network (e.g. a local Mosquitto bridging to the fleet over
+TLS). `node.profile = "production"` (written by vigil-provision) turns each finding into a config
+error; otherwise the agent logs them at start and `agent check-config` prints them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from agent.config.control import is_loopback
+
+if TYPE_CHECKING:
+    from agent.config.schema import Config
+
+
+def _plain_remote_broker(url: str) -> bool:
+    if not url.startswith("mqtt://"):
+        return False
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return True
+    return not is_loopback(host)
+
+
+def exposures(config: Config) -> list[str]:
+    """One sentence per exposing setting, naming the fields and what to do; empty when none."""
+    uplink = config.uplink
+    if not _plain_remote_broker(uplink.broker):
+        return []
+    found = []
+    if uplink.username or uplink.password or uplink.password_file:
+        found.append(
+            "uplink.broker is plain mqtt:// and uplink.username/password is set: the password crosses "
+            "the network unencrypted (use mqtts://)"
+        )
+    if config.control.enabled:
+        found.append(
+            "uplink.broker is plain mqtt:// with control.enabled = true: anyone on the path can send "
+            "this node commands and read its replies (use mqtts:// or set control.enabled = false)"
+        )
+    return found
