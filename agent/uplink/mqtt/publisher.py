@@ -38,6 +38,11 @@ log = logging.getLogger(__name__)
 PERMANENT_REFUSALS = {0x87, 0x90, 0x99}  # not authorized, topic name invalid, payload format invalid
 HEALTHY_S = 60.0  # a connection that lasted this long resets the reconnect backoff
 READ_AHEAD = 64  # records read from the spool at once
+# Records handed to paho per connection, as a multiple of `uplink.inflight` (what paho lets onto the
+# wire unacknowledged): the next one goes out from paho's own thread the moment a PUBACK frees a slot,
+# instead of waiting for this thread to wake up. The byte allowance (two seconds of the measured link)
+# still bounds it, so a live event never queues long behind them.
+HANDED_OVER = 4
 
 
 class MqttPublisher:
@@ -210,7 +215,7 @@ class MqttPublisher:
             backoff = min(backoff * 2, s.reconnect_max_s)
 
     def _connection(self) -> None:
-        session = Session(self.settings, will=self.status_payload("offline"))
+        session = Session(self.settings, will=self.status_payload("offline"), notify=self._wake.set)
         try:
             session.open(self._stop)
         except ConnectionError:
@@ -220,7 +225,7 @@ class MqttPublisher:
         self.connected_since = time.monotonic()
         self.last_error = None
         log.info("uplink: connected to %s", self.broker)
-        window = PublishWindow(self.settings.inflight, self.meter)
+        window = PublishWindow(self.settings.inflight * HANDED_OVER, self.meter)
         self._session, self._window = session, window
         self._ahead.clear()
         try:
@@ -242,7 +247,12 @@ class MqttPublisher:
         pending_subs: dict[int, str] = {}
         subscribed = self._subscribe_new(session, set(), pending_subs)
         session.publish(f"{self.base}/status", self.status_payload("online"), retain=True)
-        while session.connected:
+        while True:
+            self._wake.clear()  # before looking: whatever arrives from now on wakes the wait below
+            self._handle(session, window, pending_subs)
+            if not session.connected:
+                session.close()
+                return
             if self._subs_dirty.is_set():
                 self._subs_dirty.clear()
                 if self._subscribe_new(session, subscribed, pending_subs):
@@ -254,21 +264,13 @@ class MqttPublisher:
             if self._status_dirty.is_set():
                 self._status_dirty.clear()
                 session.publish(f"{self.base}/status", self.status_payload("online"), retain=True)
-            self._wake.clear()  # before reading the spool: a commit from now on wakes the wait below
             self._fill(session, window)
-            now = time.monotonic()
-            if window.stalled(now, self.settings.keepalive_s):
+            if window.stalled(time.monotonic(), self.settings.keepalive_s):
                 log.warning("uplink: no PUBACK for too long; reconnecting")
                 session.abort("no PUBACK for too long")
                 return
-            # With publishes in flight, wait on the socket for their PUBACKs; otherwise only poll it
-            # and wait on the spool's commit signal instead, so a new record goes at once.
-            alive = session.pump(0.05 if window.inflight else 0.0)
-            self._handle(session, window, pending_subs)
-            if not alive:
-                return
-            if not window.inflight:
-                self._wake.wait(0.05)
+            # wait for a PUBACK, a command, a commit of new records or a stop, whichever comes first
+            self._wake.wait(0.5)
 
     def _subscribe_new(self, session: Session, subscribed: set[str], pending: dict[int, str]) -> set[str]:
         """Subscribe to handlers' topics not yet subscribed on this session; returns the new ones."""

@@ -1,5 +1,5 @@
-"""One MQTT connection, from CONNECT to its end: a fresh paho client, its CONNACK, its packet ids
-and what its callbacks saw.
+"""One MQTT connection, from CONNECT to its end: a fresh paho client, its network thread, its
+CONNACK, its packet ids and what its callbacks saw.
 
 Nothing outlives a session. paho numbers publishes per client (a new client starts again at 1) and
 reports a publish as done only on its PUBACK; so the publisher opens one Session per connection and
@@ -14,6 +14,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,15 +48,22 @@ class SessionEvents:
 
 
 class Session:
-    """`open()`, then `publish()`/`subscribe()` and `pump()` from one thread, then `close()`."""
+    """`open()`, then `publish()`/`subscribe()`/`take_events()` from the publisher's thread, then
+    `close()`. paho's own network thread (one per session, named after the node) moves the bytes, so
+    sending and receiving overlap; it never reconnects by itself — a new connection is a new Session."""
 
-    def __init__(self, settings: PublisherSettings, will: bytes) -> None:
+    def __init__(
+        self, settings: PublisherSettings, will: bytes, notify: Callable[[], None] = lambda: None
+    ) -> None:
         self.settings = settings
         self.connected = False
         self.refusal: str | None = None  # why the broker refused the connection
         self.ended: str | None = None  # why the connection ended
         self.events = SessionEvents()
+        self._notify = notify  # something arrived (a PUBACK, a message, the end of the connection)
+        self._changed = threading.Event()
         self._lock = threading.Lock()
+        self._looping = False
         self.client = self._client(will)
 
     def _client(self, will: bytes) -> paho.Client:
@@ -67,7 +75,9 @@ class Session:
             # a persistent session keeps the cmd/# subscription (and commands sent meanwhile) while away
             clean_session=None if s.v5 else s.session_expiry_s == 0,
         )
-        client.max_inflight_messages_set(max(s.inflight, 1) + 2)  # the window, plus status messages
+        # on the wire unacknowledged at once (brokers bound it: Mosquitto's max_inflight_messages); more
+        # may wait in paho's queue, sent from its thread as PUBACKs arrive
+        client.max_inflight_messages_set(max(s.inflight, 1))
         client.max_queued_messages_set(0)
         client.connect_timeout = 10.0
         if s.username:
@@ -112,15 +122,18 @@ class Session:
             # small QoS 1 publishes must not wait for Nagle's algorithm (40 ms stalls per round trip)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.client.loop_start()
+        self._looping = True
         deadline = time.monotonic() + CONNACK_TIMEOUT_S
-        while not self.connected and self.refusal is None:
+        while not self.connected and self.refusal is None and self.ended is None:
             if stop.is_set() or time.monotonic() > deadline:
-                self.client.disconnect()
+                self.close()
                 raise ConnectionError("no CONNACK from the broker")
-            if self.client.loop(timeout=0.1) != paho.MQTT_ERR_SUCCESS and not self.connected:
-                break
+            self._changed.wait(0.1)
+            self._changed.clear()
         if not self.connected:
-            raise ConnectionError(self.refusal or "connection closed before CONNACK")
+            self.close()
+            raise ConnectionError(self.refusal or self.ended or "connection closed before CONNACK")
 
     # -- while connected ----------------------------------------------------------------------------
     def publish(
@@ -137,14 +150,6 @@ class Session:
         _rc, mid = self.client.subscribe(topic, qos=1)
         return mid
 
-    def pump(self, timeout: float) -> bool:
-        """Move bytes both ways (waiting up to `timeout` for some); False once the connection is gone."""
-        rc = self.client.loop(timeout=timeout)
-        if rc != paho.MQTT_ERR_SUCCESS:
-            self.ended = self.ended or f"network loop: {paho.error_string(rc)}"
-            self.connected = False
-        return self.connected
-
     def take_events(self) -> SessionEvents:
         with self._lock:
             events, self.events = self.events, SessionEvents()
@@ -153,47 +158,56 @@ class Session:
     def abort(self, reason: str) -> None:
         """End the connection now (e.g. no PUBACK for too long); nothing in flight counts as sent."""
         self.ended = reason
-        self.connected = False
-        with contextlib.suppress(Exception):
-            self.client.disconnect()
+        self.close()
 
     def close(self, goodbye: tuple[str, bytes] | None = None, wait_s: float = 1.0) -> None:
-        """Say goodbye (e.g. a retained offline status) if still connected, then disconnect."""
+        """Say goodbye (e.g. a retained offline status) if still connected, disconnect, and stop the
+        network thread."""
         if self.connected and goodbye is not None:
-            info = self.client.publish(goodbye[0], goodbye[1], qos=1, retain=True)
-            deadline = time.monotonic() + wait_s
-            while not info.is_published() and time.monotonic() < deadline and self.connected:
-                self.client.loop(timeout=0.05)
+            with contextlib.suppress(Exception):
+                info = self.client.publish(goodbye[0], goodbye[1], qos=1, retain=True)
+                info.wait_for_publish(wait_s)
+        self.connected = False
         with contextlib.suppress(Exception):
             self.client.disconnect()
-            self.client.loop(timeout=0.1)
-        self.connected = False
+        if self._looping:
+            self._looping = False
+            self.client.loop_stop()
 
-    # -- paho callbacks (on the publisher's thread, inside loop()) ---------------------------------
-    def _on_connect(self, _client: Any, _userdata: Any, _flags: Any, reason_code: Any, _props: Any) -> None:
+    # -- paho callbacks (on the session's network thread) -------------------------------------------
+    def _wake(self) -> None:
+        self._changed.set()
+        self._notify()
+
+    def _on_connect(self, client: Any, _userdata: Any, _flags: Any, reason_code: Any, _props: Any) -> None:
         if reason_code.is_failure:
             self.refusal = f"broker refused the connection: {reason_code}"
-            return
-        self.connected = True
+            client.disconnect()  # paho's thread would otherwise retry by itself
+        else:
+            self.connected = True
+        self._wake()
 
-    def _on_disconnect(
-        self, _client: Any, _userdata: Any, _flags: Any, reason_code: Any, _props: Any
-    ) -> None:
+    def _on_disconnect(self, client: Any, _userdata: Any, _flags: Any, reason_code: Any, _props: Any) -> None:
         if self.connected:
             self.ended = self.ended or f"disconnected ({reason_code})"
         self.connected = False
+        client.disconnect()  # no reconnect by paho's thread: the next connection is a new Session
+        self._wake()
 
     def _on_publish(self, _client: Any, _userdata: Any, mid: int, reason_code: Any, _props: Any) -> None:
         code = int(getattr(reason_code, "value", 0))
         failure = bool(getattr(reason_code, "is_failure", False))
         with self._lock:
             self.events.acks.append(Ack(mid, code, failure, str(reason_code)))
+        self._notify()
 
     def _on_subscribe(self, _client: Any, _userdata: Any, mid: int, reason_codes: Any, _props: Any) -> None:
         refused = any(rc.is_failure for rc in reason_codes)
         with self._lock:
             self.events.subacks.append((mid, refused, ", ".join(str(rc) for rc in reason_codes)))
+        self._notify()
 
     def _on_message(self, _client: Any, _userdata: Any, message: paho.MQTTMessage) -> None:
         with self._lock:
             self.events.messages.append((message.topic, bytes(message.payload)))
+        self._notify()

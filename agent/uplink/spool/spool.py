@@ -68,8 +68,6 @@ class Spool:
             max_record_bytes=self.limits.max_record_bytes,
         )
         self._acks: set[int] = set()  # acknowledged, deleted with the next commit
-        self._drops: dict[int, str] = {}  # rowid -> reason, dropped with the next commit
-        self._leaving: set[int] = set()  # acknowledged or dropped, until the commit removing them is done
         self._meta: dict[str, str] = {}  # put_meta, written with the next commit
         self._deferred_since: float | None = None  # when acknowledgements started waiting for a commit
         self._urgent = False
@@ -180,31 +178,30 @@ class Spool:
             return self._store.state.meta.get(key)
 
     def wait_drained(self, timeout: float) -> bool:
-        """Wait until everything accepted has been delivered: nothing queued, and every record that
-        waits has been acknowledged (it is deleted with a later commit)."""
+        """Wait until everything accepted has been delivered (or dropped, counted): nothing queued,
+        nothing waiting. Deleting what was delivered may still be on its way to the disk."""
 
         def drained() -> bool:
             with self._store.lock:  # never taken the other way round: no deadlock
-                return not self._intake.groups and self._leaving.issuperset(self._store.index.entries)
+                return not self._intake.groups and not self._store.index.entries
 
         with self._cond:
             return self._cond.wait_for(drained, timeout)
 
     # -- publisher side ---------------------------------------------------------------------------
     def ack(self, rowids: Iterable[int]) -> None:
-        """The broker acknowledged these records: they are deleted with the next commit."""
+        """The broker acknowledged these records: they stop waiting now, and their deletion is
+        written with the next commit."""
+        gone = self._store.leave(list(rowids))
         with self._cond:
-            rowids = set(rowids)
-            self._acks |= rowids
-            self._leaving |= rowids
+            self._acks.update(gone)
             self._cond.notify_all()
 
     def drop(self, rowid: int, reason: str) -> None:
         """Remove a record that can never be delivered (e.g. the broker refuses it), counting the drop."""
-        with self._cond:
-            self._drops[rowid] = reason
-            self._leaving.add(rowid)
-            self._cond.notify_all()
+        if self._store.leave([rowid], reason):
+            with self._cond:
+                self._cond.notify_all()
 
     def next_records(
         self,
@@ -224,7 +221,7 @@ class Spool:
         if limit <= 0:
             return []
         with self._cond:
-            skip = set(exclude) | self._leaving
+            skip = set(exclude)
             boundary = self._rowid_since(live_since) if live_since is not None else None
         with self._store.lock:
             chosen = self._store.index.select(
@@ -251,10 +248,9 @@ class Spool:
                 self._wait_for_work()
                 stopping = self._stop.is_set()
                 groups = self._intake.take()
-                drops, self._drops = self._drops, {}
                 acks: set[int] = set()
                 meta: dict[str, str] = {}
-                if groups or drops or self._urgent or stopping or self._deferred_due():
+                if groups or self._urgent or stopping or self._deferred_due() or self._drops_pending():
                     # acknowledgements and metadata ride along with records; alone, they wait a while
                     acks, self._acks = self._acks, set()
                     meta, self._meta = self._meta, {}
@@ -262,7 +258,7 @@ class Spool:
                 self._urgent = False
             committed: list[Record] = []
             try:
-                committed = self._store.commit(groups, acks, drops, meta)
+                committed = self._store.commit(groups, acks, meta)
                 failures = 0
                 settled = len(groups)
             except OSError as exc:
@@ -272,7 +268,6 @@ class Spool:
                 with self._cond:  # keep what was not committed, in front of anything newer
                     self._intake.put_back(groups)
                     self._acks |= acks
-                    self._drops = {**drops, **self._drops}
                     self._meta = {**meta, **self._meta}
             if failures == 0 and (stopping or self.uptime() - self._last_housekeeping >= HOUSEKEEPING_S):
                 try:
@@ -281,8 +276,6 @@ class Spool:
                 except Exception:  # housekeeping must never stop commits
                     log.exception("spool housekeeping failed")
             with self._cond:
-                if failures == 0:  # gone from the index now: no need to hide them any more
-                    self._leaving -= acks | drops.keys()
                 self._intake.settled += settled
                 self._generation += 1
                 self._cond.notify_all()
@@ -295,7 +288,7 @@ class Spool:
                         log.exception("spool listener %r failed", listener)
             if stopping:
                 with self._cond:
-                    idle = not (self._intake.groups or self._acks or self._drops or self._meta)
+                    idle = not (self._intake.groups or self._acks or self._meta or self._drops_pending())
                 if idle or failures >= 3:
                     if not idle:
                         log.error("spool stopping with %d uncommitted group(s)", len(self._intake.groups))
@@ -320,7 +313,10 @@ class Spool:
             self._cond.wait_for(lambda: self._stop.is_set() or self._urgent, self.limits.commit_interval_s)
 
     def _records_pending(self) -> bool:
-        return bool(self._intake.groups or self._drops or self._store.state.tally.has_unsaved())
+        return bool(self._intake.groups or self._drops_pending())
+
+    def _drops_pending(self) -> bool:
+        return self._store.state.tally.has_unsaved()
 
     def _deferred_due(self) -> bool:
         return bool(self._acks or self._meta) and (

@@ -197,18 +197,32 @@ class SpoolStore:
                 self.state.index.add(live)
 
     # -- committing -------------------------------------------------------------------------------
-    def commit(
-        self, groups: list[list[Outgoing]], acks: set[int], drops: dict[int, str], meta: dict[str, str]
-    ) -> list[Record]:
+    def leave(self, rowids: list[int], reason: str | None = None) -> list[int]:
+        """Records that left: acknowledged (`reason` None) or dropped for `reason` (counted). They
+        leave the index at once, so nothing picks them again; writing that down waits for the next
+        commit (acknowledgements via `commit(acks=...)`, drops via the tally). Returns those that
+        were still waiting."""
+        gone = []
+        with self.lock:
+            for rowid in rowids:
+                live = self.index.remove(rowid)
+                if live is None:
+                    continue
+                gone.append(rowid)
+                if reason is not None:
+                    self.state.tally.add(live.priority, reason, live.size, rowid)
+        return gone
+
+    def commit(self, groups: list[list[Outgoing]], acks: set[int], meta: dict[str, str]) -> list[Record]:
         """Write one group: new records, acknowledgements, drops (with evictions), metadata, uptime;
         returns the records it accepted."""
-        if not (groups or acks or drops or meta or self.state.tally.has_unsaved()):
+        if not (groups or acks or meta or self.state.tally.has_unsaved()):
             return []
         with self.writer:
-            return self._commit_locked(groups, acks, drops, meta)
+            return self._commit_locked(groups, acks, meta)
 
     def _commit_locked(
-        self, groups: list[list[Outgoing]], acks: set[int], drops: dict[int, str], meta: dict[str, str]
+        self, groups: list[list[Outgoing]], acks: set[int], meta: dict[str, str]
     ) -> list[Record]:
         state, index = self.state, self.state.index
         with self.lock:
@@ -256,19 +270,12 @@ class SpoolStore:
                     chunks.append(entry)
                     at += len(entry)
                     next_rowid += 1
-            gone = {r for r in acks if r in index}
-            dropped = [(r, reason) for r, reason in drops.items() if r in index and r not in gone]
-            dead = gone | {r for r, _ in dropped}
-            victims = self._evictions(lives, dead)
+            victims = self._evictions(lives)
             unsaved = state.tally.take_unsaved()
-            drop_list = [
-                codec.Dropped(r, int(index.entries[r].priority), index.entries[r].size, why)
-                for r, why in dropped
-            ]
-            drop_list += [codec.Dropped(v.rowid, int(v.priority), v.size, "budget") for v in victims]
+            drop_list = [codec.Dropped(v.rowid, int(v.priority), v.size, "budget") for v in victims]
             drop_list += [codec.Dropped(r, int(p), size, why) for r, p, size, why in unsaved]
-            if gone:
-                chunks.append(codec.encode_acks(gone))
+            if acks:
+                chunks.append(codec.encode_acks(acks))
             if drop_list:
                 chunks.append(codec.encode_drops(drop_list))
             if meta:
@@ -281,13 +288,9 @@ class SpoolStore:
         with self.lock:
             for live in lives:
                 index.add(live)
-            for rowid in dead:
-                index.remove(rowid)
-            for dropped_record in drop_list[: len(dropped) + len(victims)]:
-                index.remove(dropped_record.rowid)
-                state.tally.add(
-                    Priority(dropped_record.priority), dropped_record.reason, dropped_record.size, saved=True
-                )
+            for victim in victims:
+                if index.remove(victim.rowid) is not None:  # not delivered meanwhile
+                    state.tally.add(victim.priority, "budget", victim.size, saved=True)
             if victims:
                 log.warning(
                     "spool over its budget: evicted %d record(s), oldest of the least important first",
@@ -320,9 +323,9 @@ class SpoolStore:
             rowid, record_id, item.stream, seq, item.priority, topic, payload, item.retain, uptime, body
         )
 
-    def _evictions(self, lives: list[Live], dead: set[int]) -> list[Live]:
+    def _evictions(self, lives: list[Live], dead: frozenset[int] = frozenset()) -> list[Live]:
         """Records to drop so that what waits fits: new records count, and compete like the rest
-        (a new thumbnail never displaces a critical record)."""
+        (a new thumbnail never displaces a critical record); `dead` are leaving anyway."""
         index = self.state.index
         new_bytes = sum(lv.length for lv in lives)
         live = index.total_bytes + new_bytes - sum(index.entries[r].length for r in dead)
@@ -408,7 +411,7 @@ class SpoolStore:
                 now_wall=self._wall(),
                 trusted_now=bool(self._clock_trusted()),
             )
-            victims = self._evictions([], {lv.rowid for lv in old})
+            victims = self._evictions([], frozenset(lv.rowid for lv in old))
             chunks = []
             drop_list = [codec.Dropped(lv.rowid, int(lv.priority), lv.size, "ttl") for lv in old]
             drop_list += [codec.Dropped(lv.rowid, int(lv.priority), lv.size, "budget") for lv in victims]
