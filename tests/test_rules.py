@@ -22,7 +22,7 @@ from agent.events import EventFactory
 from agent.events.thumbs import CropThumbnailer
 from agent.outputs import LogOutput, OutputBank, open_output
 from agent.privacy.audit import AuditLog
-from agent.rules import RuleEngine
+from agent.rules import RulesHandler
 from agent.rules.schedule import Schedule
 from agent.track import Tracker
 
@@ -38,7 +38,8 @@ def walker(object_id: int, start: int, x0: float, vx: float, **kw) -> Actor:
 
 
 class Harness:
-    """Scene → ground-truth detections → tracker → rule engine, recording each event with its stream time."""
+    """Scene → ground-truth detections → tracker → rules (engine and dispatcher), recording each event with
+    its stream time."""
 
     def __init__(
         self,
@@ -51,6 +52,7 @@ class Harness:
         outputs=None,
         audit=None,
         tracker: Tracker | None = None,
+        emit=None,
     ) -> None:
         self.fps = fps
         self.scene = SyntheticScene(0, fps, SceneOptions(actors=actors, noise_sigma=0.0))
@@ -58,15 +60,15 @@ class Harness:
         self.events: list[tuple[float, dict, object]] = []
         self.t = 0.0
         factory = EventFactory("test-node", Clock(), lambda: {"name": "truth", "sha256": "0" * 64})
-        self.engine = RuleEngine(
+        wall = wall or (lambda frame: MONDAY_NOON_UTC + frame.t)
+        self.handler = RulesHandler.create(
             RulesConfig.model_validate(rules),
-            emit=self._emit,
+            emit=emit or self._emit,
             factory=factory,
             thumbnailer=lambda: CropThumbnailer(),
             outputs=outputs,
             audit=audit,
-            wall=wall or (lambda frame: MONDAY_NOON_UTC + frame.t),
-            clock_trusted=lambda: clock_trusted,
+            wall=lambda frame: wall(frame) if clock_trusted else None,
         )
         self.index = 0
 
@@ -81,7 +83,7 @@ class Harness:
             frame = Frame(image=image, index=self.index, t=self.t, mono=self.t)
             detections = [Detection(tb.label, 0.9, tb.box, 0) for tb in truth or []]
             transitions = self.tracker.update(detections, self.t)
-            self.engine(frame, transitions, self.tracker)
+            self.handler(frame, transitions, self.tracker)
             self.index += 1
         return self
 
@@ -200,7 +202,7 @@ def test_cooldown_limits_a_rule_not_the_others():
     h = Harness(rules, people).run(25)
     fired = [b["rule"] for _, b, _ in h.events]
     assert fired.count("calm") == 1 and fired.count("every") == 3
-    assert h.engine.status()["rules"]["calm"]["suppressed"] == 2
+    assert h.handler.status()["rules"]["calm"]["suppressed"] == 2
 
 
 def test_crowding_fires_once_when_the_count_stays_above():
@@ -255,14 +257,14 @@ def test_live_update_keeps_state_of_unchanged_rules_and_refuses_bad_sets(tmp_pat
     h = Harness(base, [loiterer], audit=audit).run(16)  # inside for ~3 s
     bad = {**base, "rules": [{"name": "x", "type": "dwell", "zone": "nowhere"}]}
     with pytest.raises(ConfigError) as err:
-        h.engine.update(bad, actor="test")
+        h.handler.update(bad, actor="test")
     assert "nowhere" in str(err.value) and err.value.issues[0].path.startswith("rules")
     added = {
         **base,
         "lines": [CROSSING_LINE],
         "rules": [*base["rules"], {"name": "count", "type": "line_crossing", "line": "gate"}],
     }
-    h.engine.update(added, actor="mqtt:cmd/config/set req=7")
+    h.handler.update(added, actor="mqtt:cmd/config/set req=7")
     h.run(30)
     assert h.types() == ["dwell", "line_crossing"]  # dwell still once, timed from the real entry
     assert h.events[0][0] == pytest.approx(21.4, abs=0.6)
@@ -330,7 +332,7 @@ def test_actions_drive_an_output_and_request_a_snapshot(tmp_path: Path):
     audit = AuditLog(tmp_path / "audit")
     h = Harness(rules, [walker(1, 0, 250.0, 4.0)], outputs=bank, audit=audit)
     requests = []
-    h.engine.on_snapshot = requests.append
+    h.handler.on_snapshot = requests.append
     try:
         h.run(5)
         assert made["lamp"].off.wait(5.0)
@@ -353,11 +355,10 @@ def test_gpio_output_without_gpio_is_log_only(caplog):
 
 def test_a_failing_action_does_not_stop_the_analysis_loop():
     rules = {"lines": [CROSSING_LINE], "rules": [{"name": "count", "type": "line_crossing", "line": "gate"}]}
-    h = Harness(rules, [walker(1, 0, 250.0, 4.0), walker(2, 40, 250.0, 4.0)])
 
     def broken(body, thumb):
         raise OSError("disk full")
 
-    h.engine._emit = broken
+    h = Harness(rules, [walker(1, 0, 250.0, 4.0), walker(2, 40, 250.0, 4.0)], emit=broken)
     h.run(12)  # no exception escapes
-    assert h.engine.status()["errors"] == 2
+    assert h.handler.status()["errors"] == 2

@@ -19,7 +19,7 @@ from agent.detect import load_detector
 from agent.events import EventEmitter, EventFactory
 from agent.motion import MotionGate
 from agent.pipeline import Pipeline
-from agent.rules import RuleEngine
+from agent.rules import RulesHandler
 from agent.track import Tracker
 from agent.uplink.spool import Spool
 from tests.conftest import DEFAULT_MODEL
@@ -71,13 +71,13 @@ class Run:
             emitter=EventEmitter(self.spool),
             events_cfg=EventsConfig(),
         )
-        self.engine = RuleEngine(
+        self.rules = RulesHandler.create(
             RulesConfig.model_validate(rules),
             emit=self.pipeline.emitter.emit,
             factory=factory,
             thumbnailer=lambda: self.pipeline.thumbnailer,
         )
-        self.pipeline.track_handlers.append(self.engine)
+        self.pipeline.track_handlers.append(self.rules)
         self.scene = SyntheticScene(11, FPS, options)
 
     def play(self, seconds: float) -> list[dict]:
@@ -108,7 +108,7 @@ def test_a_lost_and_found_parked_car_is_the_same_object(tmp_path):
     kinds = [r["type"] for r in records]
     assert [k for k in kinds if k not in ("object_appeared", "object_left")] == []
     assert kinds.count("object_appeared") == 2  # the tracker's own view: lost once, found again
-    assert run.engine.reidentified == 1
+    assert run.rules.engine.reidentified == 1
 
 
 def test_a_car_that_really_parks_is_reported_once_and_passing_traffic_is_not(tmp_path, event_validator):

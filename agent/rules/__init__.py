@@ -1,10 +1,30 @@
-"""Rules: zones, lines and what happens when objects use them (agent.rules.engine).
+"""Rules: zones, lines and what happens when objects use them. Decide, then act:
 
-Integration points: `RuleEngine.update(rules_config, actor=...)` swaps the rule set live (the
-control plane's config/set), and `RuleEngine.on_snapshot` is the hook a snapshot handler installs
-to serve rules that request a snapshot. Reach the engine as `running.extras["rules"].engine`.
+- `RuleEngine.evaluate(FrameInput) -> list[Firing]` decides (agent.rules.engine; no side effects),
+- `RuleDispatcher.dispatch(firings, frame, tracks)` acts (agent.rules.dispatch: events, outputs,
+  snapshot requests, audit),
+- `RulesHandler` joins both in the pipeline (agent.rules.stage).
+
+Integration points: `RulesStage.update(rules_config, actor=...)` swaps the rule set live (the
+control plane's config/set), and `RulesHandler.on_snapshot` is the hook a snapshot handler installs
+to serve rules that request a snapshot. Reach the handler as `running.extras["rules"].handler`
+(also `.engine`, the name the control plane has used).
 """
 
-from agent.rules.engine import RuleEngine, SnapshotRequest, validate_rules
+from agent.rules.dispatch import RuleDispatcher, SnapshotRequest
+from agent.rules.engine import RuleEngine
+from agent.rules.firing import Actions, Firing, FiringTrack, FrameInput
+from agent.rules.stage import RulesHandler
+from agent.rules.state import validate_rules
 
-__all__ = ["RuleEngine", "SnapshotRequest", "validate_rules"]
+__all__ = [
+    "Actions",
+    "Firing",
+    "FiringTrack",
+    "FrameInput",
+    "RuleDispatcher",
+    "RuleEngine",
+    "RulesHandler",
+    "SnapshotRequest",
+    "validate_rules",
+]

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 Pt = tuple[float, float]
 PixelBox = tuple[float, float, float, float]
+CrossingDirection = Literal["left_to_right", "right_to_left", "top_to_bottom", "bottom_to_top"]
 
 
 def to_pixels(points: Sequence[Pt], width: int, height: int) -> list[Pt]:
@@ -62,7 +64,7 @@ def crosses_segment(p: Pt, q: Pt, a: Pt, b: Pt, slack: float = 0.0) -> bool:
     return 0.0 <= s <= 1.0 and -extra <= u <= 1.0 + extra
 
 
-def direction_name(move: Pt, a: Pt, b: Pt) -> str:
+def direction_name(move: Pt, a: Pt, b: Pt) -> CrossingDirection:
     """Name a crossing by the image axis the line's normal is closest to (see Line.directions)."""
     nx, ny = b[1] - a[1], -(b[0] - a[0])
     along = move[0] * nx + move[1] * ny
