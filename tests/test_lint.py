@@ -15,7 +15,7 @@ def test_ruff_clean():
     ruff = shutil.which("ruff") or str(ROOT / ".venv" / "bin" / "ruff")
     if not shutil.which(ruff):
         pytest.skip("ruff is not installed (it comes with the dev extra)")
-    res = subprocess.run([ruff, "check", "agent", "tests", "provisioning", "hw_tests", "bench"],
+    res = subprocess.run([ruff, "check", "agent", "fleet", "tests", "provisioning", "hw_tests", "bench"],
                          capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0, res.stdout + res.stderr
 

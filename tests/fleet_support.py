@@ -1,0 +1,172 @@
+"""Shared parts of the back-office tests: event records shaped like the nodes', a real JPEG, a QoS 1
+publisher that waits for each PUBACK, the ingest as a subprocess, and databases (SQLite files and
+throwaway PostgreSQL servers). Import the fixtures a test module uses from here."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.conftest import ROOT, agent_env
+from tests.postgres import PostgresServer, need_psycopg
+
+TS = "2026-05-01T10:00:00.000Z"
+
+
+def event(
+    node: str,
+    seq: int,
+    *,
+    event_id: str | None = None,
+    thumb: bytes | None = None,
+    compact: bool = False,
+    **extra: Any,
+) -> dict[str, Any]:
+    """An event as a node publishes it (schema/event-v1.json); `compact` leaves out every optional field
+    and default, as an additive schema revision may."""
+    body: dict[str, Any] = {
+        "schema": "vigil.event/1",
+        "id": event_id or str(uuid.uuid4()),
+        "node": node,
+        "seq": seq,
+        "type": "object_appeared",
+        "ts": TS,
+    }
+    if not compact:
+        body.update(
+            {
+                "priority": "normal",
+                "label": "person",
+                "score": 0.9,
+                "bbox": [0.1, 0.1, 0.2, 0.3],
+                "track": seq,
+                "clock": {"source": "ntp", "trusted": True, "boot": "b", "mono": 1.0},
+                "model": {"name": "vigil-synth", "sha256": "0" * 64},
+                "thumb": None,
+                "location": None,
+            }
+        )
+    if thumb is not None:
+        body["thumb"] = {"sha256": hashlib.sha256(thumb).hexdigest(), "bytes": len(thumb), "size": [32, 24]}
+    body.update(extra)
+    return body
+
+
+def jpeg(seed: int = 0) -> bytes:
+    import cv2
+    import numpy as np
+
+    image = np.random.default_rng(seed).integers(0, 255, (24, 32, 3), dtype=np.uint8)
+    ok, data = cv2.imencode(".jpg", image)
+    assert ok
+    return bytes(data.tobytes())
+
+
+def dumps(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+# -- databases ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server per test process (each test gets its own database)."""
+    need_psycopg()
+    server = PostgresServer().start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same test against SQLite and against PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'fleet.db'}"
+    server: PostgresServer = request.getfixturevalue("pg_server")
+    return server.create_database()
+
+
+# -- MQTT -------------------------------------------------------------------------------------------------
+class Publisher:
+    """A node-like MQTT client: QoS 1 publishes, each one waited for until its PUBACK."""
+
+    def __init__(self, url: str, client_id: str, *, tls: Any = None, v5: bool = False) -> None:
+        host, port = url.split("://")[1].rsplit(":", 1)
+        self.client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+        )
+        if tls is not None:
+            self.client.tls_set_context(tls)
+        self._connected = threading.Event()
+        self.client.on_connect = lambda c, u, f, rc, p: self._connected.set() if not rc.is_failure else None
+        self.client.connect(host, int(port))
+        self.client.loop_start()
+        if not self._connected.wait(15):
+            raise TimeoutError(f"publisher {client_id} could not connect to {url}")
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False, properties: Any = None) -> None:
+        info = self.client.publish(topic, payload, qos=1, retain=retain, properties=properties)
+        info.wait_for_publish(15)
+        assert info.is_published(), f"no PUBACK for {topic}"
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+# -- the ingest as a process ----------------------------------------------------------------------------
+def fleet_cli(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fleet", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=env or agent_env(),
+    )
+
+
+def start_ingest(*args: str, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`python -m fleet ingest ARGS` in the background, its output appended to `log`."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "fleet", "ingest", *args],
+            stdout=out,
+            stderr=out,
+            cwd=ROOT,
+            env=env or agent_env(),
+        )
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Poll `condition` (state in another process: a database, a broker) until it is truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {value!r})")
+        time.sleep(interval)  # another process changes what we poll; there is nothing to wait on here
+
+
+def kill9(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, 9)
+    proc.wait(30)
