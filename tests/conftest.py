@@ -68,3 +68,8 @@ def run_agent(
 
 def read_events(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+# Back-office fixtures (tests/fleet_support.py): a PostgreSQL server per test process, and `db_url`,
+# which runs a test once on SQLite and once on PostgreSQL.
+from tests.fleet_support import db_url, pg_server  # noqa: E402, F401

@@ -20,10 +20,19 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.conftest import ROOT, agent_env
 from tests.postgres import PostgresServer, need_psycopg
 
+ROOT = Path(__file__).resolve().parents[1]
+
 TS = "2026-05-01T10:00:00.000Z"
+
+
+def agent_env(**extra: str) -> dict[str, str]:
+    """The environment without the developer's VIGIL_* settings (as tests.conftest.agent_env)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
 
 
 def event(

@@ -19,7 +19,7 @@ from fleet.store import reader
 from fleet.store.db import Database
 from fleet.store.writer import BatchWriter, Outcome
 from fleet.wire import Incoming, WireParser
-from tests.fleet_support import db_url, dumps, event, jpeg, pg_server  # noqa: F401 (fixtures)
+from tests.fleet_support import dumps, event, jpeg
 
 NOW = 1_800_000_000.0
 
@@ -56,7 +56,7 @@ class Store:
 
 
 @pytest.fixture
-def store(db_url: str):  # noqa: F811
+def store(db_url: str):
     s = Store(db_url)
     yield s
     s.db.close()
@@ -247,7 +247,7 @@ def test_quarantine_keeps_what_was_refused_once_and_replays_it_later(store: Stor
     assert reader.quarantine(store.db)["counts"] == {wire.NOT_JSON: 1}
 
 
-def test_two_writers_at_once_keep_each_nodes_accounting_exact(db_url: str):  # noqa: F811
+def test_two_writers_at_once_keep_each_nodes_accounting_exact(db_url: str):
     """Two ingest processes sharing a database (shared subscriptions): interleaved batches of the same
     nodes, with overlaps (re-deliveries reach both), end with every seq stored once and no gap."""
     stores = [Store(db_url), Store(db_url)]
