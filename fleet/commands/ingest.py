@@ -12,11 +12,7 @@ from types import FrameType
 
 from fleet.commands.common import add_db, open_db, positive_int, seconds
 from fleet.errors import FleetError
-from fleet.eventschema import EventValidator
 from fleet.identity import load_fleet
-from fleet.ingest.mqtt import BrokerUrl, SessionOptions
-from fleet.ingest.service import Ingest, IngestOptions
-from fleet.wire import WireParser
 
 log = logging.getLogger("fleet.ingest")
 
@@ -24,6 +20,11 @@ SUMMARY_S = 60.0
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    from fleet.eventschema import EventValidator  # MQTT and the schema only for this command
+    from fleet.ingest.mqtt import BrokerUrl, SessionOptions
+    from fleet.ingest.service import Ingest, IngestOptions
+    from fleet.wire import WireParser
+
     fleet_dir = args.fleet or os.environ.get("VIGIL_FLEET")
     context = load_fleet(Path(fleet_dir) if fleet_dir else None, args.operator, args.prefix)
     urls = args.broker or ([context.broker] if context.broker else [])

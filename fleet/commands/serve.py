@@ -13,7 +13,6 @@ from types import FrameType
 from fleet.commands.common import add_db, db_url, open_db, seconds
 from fleet.errors import FleetError
 from fleet.identity import load_fleet
-from fleet.web.service import FleetWeb
 
 log = logging.getLogger("fleet.serve")
 TOKEN_ENV = "VIGIL_FLEET_TOKEN"
@@ -32,6 +31,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     fleet_dir = args.fleet or os.environ.get("VIGIL_FLEET")
     context = load_fleet(Path(fleet_dir) if fleet_dir else None, None)
     open_db(args).close()  # a clear error now if the database is missing or unreachable
+    from fleet.web.service import FleetWeb  # the HTTP side only for this command
+
     web = FleetWeb(
         db_url(args),
         args.http,

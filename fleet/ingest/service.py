@@ -187,7 +187,7 @@ class Ingest:
                 self._stop.wait(backoff)
                 if not self._try_reconnect() and self._stop.is_set():
                     return  # stopping with the database down: nothing acknowledged, the broker keeps it all
-                backoff = min(backoff * 2, 10.0)
+                backoff = min(backoff * 2, 5.0)
                 continue
             self.stats.last_commit_ms = round((time.monotonic() - started) * 1000, 1)
             self.session.ack(batch)
