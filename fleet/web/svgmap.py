@@ -99,7 +99,10 @@ def render(
     if tiles:
         parts.extend(_tiles(tiles, zoom, ox, oy, width, height))
     centre_lat = (min(p.lat for p in points) + max(p.lat for p in points)) / 2
-    parts.extend(_scale_bar(metres_per_px(centre_lat, zoom), width, height))
+    m_per_px = metres_per_px(centre_lat, zoom)
+    if not tiles:
+        parts.extend(_grid(nice_length(m_per_px * width / 4) / m_per_px, ox, oy, width, height))
+    parts.extend(_scale_bar(m_per_px, width, height))
     labels = len(points) <= 40
     for point, (x, y) in sorted(
         zip(points, pixels, strict=True), key=lambda item: item[0].state != "online"
@@ -131,6 +134,20 @@ def render(
         )
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _grid(step_px: float, ox: float, oy: float, width: int, height: int) -> list[str]:
+    """Faint lines one scale-bar length apart, anchored to the projection (they do not move with the view)."""
+    path = []
+    x = math.ceil(ox / step_px) * step_px - ox
+    while x < width:
+        path.append(f"M{x:.1f} 0V{height}")
+        x += step_px
+    y = math.ceil(oy / step_px) * step_px - oy
+    while y < height:
+        path.append(f"M0 {y:.1f}H{width}")
+        y += step_px
+    return [f'<path class="map-grid" d="{" ".join(path)}"/>']
 
 
 def _scale_bar(m_per_px: float, width: int, height: int) -> list[str]:

@@ -64,7 +64,7 @@ function renderFleet(data) {
     return i.name + ": " + (alive ? (i.connected ? "connected" : "NOT CONNECTED") : "NO HEARTBEAT " + dur(i.heartbeat_age_s));
   });
   const line = document.getElementById("ingest");
-  line.textContent = "ingest: " + (ingest.length ? ingest.join(" · ") : "none has run yet");
+  line.textContent = "ingest processes: " + (ingest.length ? ingest.join(" · ") : "none has run yet");
   line.classList.toggle("bad", !data.ingesters.some((i) => i.heartbeat_age_s < 30 && i.connected));
   const body = document.querySelector("#nodes tbody");
   body.replaceChildren(...data.nodes.map((n) => {
