@@ -6,6 +6,10 @@ defaults, e.g. `location: null` or the default `priority`), so the ingest requir
 cannot store an event without (identity, order and time) and checks every field that is present
 against the schema. A new event type is stored (the enum is the list known today, not a promise);
 another schema version (`vigil.event/2`) is quarantined until an ingest that knows it replays it.
+
+The check runs for every event, so it is compiled to Python once (fastjsonschema: ~25 µs an event
+where a generic validator takes ~0.5 ms, which alone would cap the ingest near 2,000 events/s);
+a refused event gets the clearer explanation of the generic validator when it is installed.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -51,18 +55,45 @@ class EventValidator:
     """Checks one decoded event; returns None when it may be stored, else a short reason."""
 
     def __init__(self, schema: Mapping[str, Any] | None = None) -> None:
-        import jsonschema
+        import fastjsonschema
 
-        raw = schema if schema is not None else load_schema()
-        self._validator = jsonschema.Draft202012Validator(tolerant(raw))
-        self._best_match = jsonschema.exceptions.best_match
+        relaxed = tolerant(schema if schema is not None else load_schema())
+        self._schema = relaxed
+        # The keywords version 1 uses mean the same in draft 7, which the compiler implements. Formats
+        # are not judged here: ids are checked by fleet.wire, and a time that does not parse is kept as
+        # sent (its epoch left empty) rather than refused.
+        compiled = {**relaxed, "$schema": "http://json-schema.org/draft-07/schema#"}
+        self._check: Callable[[Any], Any] = fastjsonschema.compile(
+            compiled, formats={"uuid": r"^.*$", "date-time": r"^.*$"}
+        )
+        self._error = fastjsonschema.JsonSchemaValueException
+        self._explain: Callable[[Mapping[str, Any]], str | None] | None = _generic_explainer(relaxed)
 
     def problem(self, body: Mapping[str, Any]) -> str | None:
-        error = self._best_match(self._validator.iter_errors(body))
+        try:
+            self._check(body)
+            return None
+        except self._error as exc:
+            found = self._explain(body) if self._explain is not None else None
+            return (found or str(exc.message).replace("data.", "", 1).replace("data ", "event ", 1))[:300]
+
+
+def _generic_explainer(schema: dict[str, Any]) -> Callable[[Mapping[str, Any]], str | None] | None:
+    """jsonschema's best-matching error, which names the field and the rule more clearly (if installed)."""
+    try:
+        import jsonschema
+    except ImportError:
+        return None
+    validator = jsonschema.Draft202012Validator(schema)
+
+    def explain(body: Mapping[str, Any]) -> str | None:
+        error = jsonschema.exceptions.best_match(validator.iter_errors(body))
         if error is None:
             return None
         where = "/".join(str(p) for p in error.absolute_path) or "event"
-        return f"{where}: {error.message}"[:300]
+        return f"{where}: {error.message}"
+
+    return explain
 
 
 @lru_cache(maxsize=1)

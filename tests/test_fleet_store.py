@@ -17,7 +17,8 @@ from fleet.errors import FleetError
 from fleet.eventschema import EventValidator
 from fleet.store import reader
 from fleet.store.db import Database
-from fleet.store.writer import BatchWriter, Outcome
+from fleet.store.rows import Outcome
+from fleet.store.writer import BatchWriter
 from fleet.wire import Incoming, WireParser
 from tests.fleet_support import dumps, event, jpeg
 

@@ -239,6 +239,8 @@ def compact_spool(spool: dict[str, Any]) -> dict[str, Any]:
             "depth": c["depth"],
             "bytes": c["bytes"],
             "drops": sum(d["count"] for d in c["drops"].values()),
+            # how long the oldest record of the class has waited (spool uptime): the back office's backlog age
+            "oldest_age_s": c.get("oldest_age_s"),
         }
         for name, c in spool["classes"].items()
     }

@@ -32,7 +32,8 @@ from typing import Any
 
 from fleet.ingest.mqtt import Delivery, MqttSession, SessionOptions
 from fleet.store.db import Database
-from fleet.store.writer import BatchWriter, Outcome
+from fleet.store.rows import Outcome
+from fleet.store.writer import BatchWriter
 from fleet.wire import Parsed, Rejected, WireParser
 
 log = logging.getLogger(__name__)

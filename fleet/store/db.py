@@ -90,6 +90,10 @@ class Database:
     def execute(self, sql: str, params: Params = ()) -> Cursor:
         raise NotImplementedError
 
+    def executemany(self, sql: str, rows: Sequence[Params]) -> None:
+        """One statement for many rows (PostgreSQL: pipelined, one round trip rather than one per row)."""
+        raise NotImplementedError
+
     def tx(self) -> contextlib.AbstractContextManager[Database]:
         """One read-write transaction: committed when the block ends, rolled back if it raises."""
         raise NotImplementedError
@@ -150,6 +154,10 @@ class SqliteDatabase(Database):
 
     def execute(self, sql: str, params: Params = ()) -> Cursor:
         return self._conn.execute(sql, tuple(params))
+
+    def executemany(self, sql: str, rows: Sequence[Params]) -> None:
+        if rows:
+            self._conn.executemany(sql, [tuple(r) for r in rows])
 
     @contextlib.contextmanager
     def tx(self) -> Iterator[Database]:
@@ -214,6 +222,11 @@ class PostgresDatabase(Database):
     def execute(self, sql: str, params: Params = ()) -> Cursor:
         cursor: Cursor = self._conn.execute(self._translate(sql), tuple(params))
         return cursor
+
+    def executemany(self, sql: str, rows: Sequence[Params]) -> None:
+        if rows:
+            with self._conn.cursor() as cursor:
+                cursor.executemany(self._translate(sql), [tuple(r) for r in rows])
 
     @contextlib.contextmanager
     def tx(self) -> Iterator[Database]:
