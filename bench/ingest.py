@@ -55,6 +55,7 @@ from tests.postgres import PostgresServer  # noqa: E402
 TRACE = ROOT / "bench" / "traces" / "street.json"
 FILTERS = ["vigil/+/events", "vigil/+/thumbs/+", "vigil/+/status", "vigil/+/telemetry", "vigil/+/cmd_result"]
 OUTAGE_S = 3600
+FLEET_NODES = 1000  # the fleet whose one-hour backlog is computed (whatever --nodes the backlog was built with)
 
 
 def backlog(nodes: int, seconds: float, seed: int) -> tuple[list[tuple[str, bytes]], dict[str, int]]:
@@ -280,13 +281,15 @@ def main() -> None:
         "ratio_postgresql_to_bare": ratios(per_s["postgresql"], per_s["bare"]),
         "after_one_hour_outage": {},
     }
+    fleet_live = live_rate / args.nodes * FLEET_NODES  # the 1,000-node fleet's live messages per second
+    result["after_one_hour_outage"]["fleet"] = {"nodes": FLEET_NODES, "live_messages_per_s": round(fleet_live, 1)}
     for kind in ("sqlite", "postgresql", "bare"):
         rate = summary(per_s[kind], 1)["median"]
-        spare = rate - live_rate
+        spare = rate - fleet_live
         result["after_one_hour_outage"][kind] = {
-            "backlog_messages": round(live_rate * OUTAGE_S),
-            "drain_s": round(OUTAGE_S * live_rate / spare) if spare > 0 else None,
-            "headroom_over_live": round(rate / live_rate, 2),
+            "backlog_messages": round(fleet_live * OUTAGE_S),
+            "drain_s": round(OUTAGE_S * fleet_live / spare) if spare > 0 else None,
+            "headroom_over_live": round(rate / fleet_live, 2),
         }
     emit(result)
 
