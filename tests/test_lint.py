@@ -49,6 +49,10 @@ for m in pkgutil.walk_packages(agent.__path__, "agent."):
     if not m.name.endswith("__main__"):
         importlib.import_module(m.name)
 importlib.import_module("provisioning")
+import fleet
+for m in pkgutil.walk_packages(fleet.__path__, "fleet."):
+    if not m.name.endswith("__main__"):
+        importlib.import_module(m.name)
 assert not touched, touched
 assert "picamera2" not in sys.modules and "gpiozero" not in sys.modules and "lgpio" not in sys.modules
 """
