@@ -270,6 +270,13 @@ def _json_object(payload: bytes) -> dict[str, Any] | Rejected:
     return body
 
 
+def fix_mode(value: Any) -> str | None:
+    """A GNSS fix mode as events say it ("2d"/"3d") from events or telemetry (NMEA's 2 or 3)."""
+    if value in (2, 3, "2", "3"):
+        return f"{value}d"
+    return value if value in ("2d", "3d") else None
+
+
 def location_of(value: Any) -> Location | None:
     if not isinstance(value, dict):
         return None

@@ -201,7 +201,7 @@ def test_status_telemetry_and_replies_are_kept_once_and_summarised(store: Store)
         "modem": {"state": "registered", "technology": "LTE", "operator": "Op", "rsrp_dbm": -101},
         "gnss": {
             "state": "fix",
-            "mode": "3d",
+            "mode": 3,  # as the agent sends it (NMEA fix mode)
             "sats": 9,
             "hdop": 0.9,
             "lat": 52.371,

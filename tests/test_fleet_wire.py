@@ -92,7 +92,7 @@ def test_compact_events_without_optional_fields_and_new_types_are_accepted(parse
         ("city/pole-1/events", b"{}", wire.BAD_TOPIC, "not under vigil/"),
         ("vigil/-bad/events", b"{}", wire.BAD_TOPIC, "not a node id"),
         ("vigil/pole-1/thumbs/not-an-id", jpeg(), wire.BAD_TOPIC, "not an event id"),
-        ("vigil/pole-1/thumbs/" + event("pole-1", 1)["id"], b"GIF89a....", wire.NOT_JPEG, ""),
+        ("vigil/pole-1/thumbs/0190d1f2-7a1b-7c3d-8e4f-0123456789ab", b"GIF89a....", wire.NOT_JPEG, ""),
         ("vigil/pole-1/status", b'{"state": "sleeping"}', wire.SCHEMA, "state"),
         ("vigil/pole-1/telemetry", dumps({"node": "pole-2"}), wire.NODE_MISMATCH, ""),
     ],

@@ -218,7 +218,7 @@ TELEMETRY_FIELDS: dict[str, str] = {
     "cpu": "CPU load, temperature, throttling",
     "memory_rss_mb": "the agent's memory",
     "disk_free_mb": "free space on the state filesystem",
-    "spool": "records waiting, bytes, drops per class",
+    "spool": "records waiting, bytes, drops and the age of the oldest, per class",
     "link": "MQTT connection, link rate and round trip, bytes spent today",
     "modem": "LTE registration, technology, operator name, signal levels",
     "gnss": "the node's own GNSS fix (its position on the pole), satellites, HDOP",

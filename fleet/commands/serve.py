@@ -30,7 +30,16 @@ def read_token(path: str | None) -> str | None:
 def cmd_serve(args: argparse.Namespace) -> int:
     fleet_dir = args.fleet or os.environ.get("VIGIL_FLEET")
     context = load_fleet(Path(fleet_dir) if fleet_dir else None, None)
-    open_db(args).close()  # a clear error now if the database is missing or unreachable
+    db = open_db(
+        args, create=True
+    )  # a clear error now if it is unreachable; the page may start before the ingest
+    try:
+        if not db.scalar("SELECT COUNT(*) FROM nodes"):
+            log.info(
+                "the database %s holds no node yet: is `vigil-fleet ingest` writing to it?", db.url.display()
+            )
+    finally:
+        db.close()
     from fleet.web.service import FleetWeb  # the HTTP side only for this command
 
     web = FleetWeb(

@@ -15,7 +15,7 @@ COLUMNS = (
     ("AGENT", 7),
     ("MODEL", 12),
     ("BACKLOG", 12),
-    ("LINK", 14),
+    ("LINK", 24),
     ("GNSS", 14),
     ("CLOCK", 9),
     ("EV/1H", 6),
@@ -38,7 +38,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     print(" ".join(f"{name:<{width}}" for name, width in COLUMNS).rstrip())
     for r in rows:
-        backlog = "-" if r.backlog is None else f"{r.backlog} ({duration(r.backlog_oldest_s)})"
+        backlog = "-" if r.backlog is None else str(r.backlog)
+        if r.backlog_oldest_s is not None:
+            backlog += f" ({duration(r.backlog_oldest_s)})"
         link = r.link or "-"
         if r.signal_dbm is not None:
             link = f"{link} {r.signal_dbm:.0f}dBm"

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from fleet.store.db import Database
+from fleet.wire import fix_mode
 
 SILENT_AFTER_S = 300.0  # five telemetry intervals of a default node
 HOUR_S = 3600.0
@@ -92,7 +93,7 @@ def telemetry_summary(body: dict[str, Any]) -> dict[str, Any]:
     signal = modem.get("rsrp_dbm") if modem.get("rsrp_dbm") is not None else modem.get("rssi_dbm")
     gnss_text = None
     if gnss:
-        mode = gnss.get("mode")
+        mode = fix_mode(gnss.get("mode"))
         gnss_text = (
             f"{mode} fix, {gnss.get('sats')} sats"
             if mode in ("2d", "3d")

@@ -331,10 +331,9 @@ class BatchWriter:
                 model=text(versions.get("model")),
             )
             gnss = body.get("gnss")
-            if isinstance(gnss, dict) and gnss.get("mode") in GNSS_MODES:
-                location = wire.location_of(
-                    {"lat": gnss.get("lat"), "lon": gnss.get("lon"), "mode": gnss.get("mode")}
-                )
+            mode = wire.fix_mode(gnss.get("mode")) if isinstance(gnss, dict) else None
+            if isinstance(gnss, dict) and mode in GNSS_MODES:
+                location = wire.location_of({"lat": gnss.get("lat"), "lon": gnss.get("lon"), "mode": mode})
                 if location is not None:
                     state.place(location, batch.now)
         batch.out.records += len(items)

@@ -38,7 +38,7 @@ class DbPool:
             try:
                 db = self._idle.get_nowait()
             except queue.Empty:
-                db = Database.open(self.url, create=False)
+                db = Database.open(self.url)
             yield db
         except Exception:
             if db is not None:
