@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from provisioning import commands, listing
-from provisioning.broker import BrokerOptions
+from provisioning.broker import KINDS as BROKER_KINDS
+from provisioning.broker import MESSAGE_BYTES, NODE_RATE, OUTAGE_S, BrokerOptions
 from provisioning.errors import ProvisionError
 from provisioning.files import locked
 from provisioning.fleet import Fleet, FleetSettings
@@ -66,7 +67,14 @@ def cmd_add_operator(args: argparse.Namespace, fleet: Fleet) -> commands.Outcome
 
 
 def cmd_broker_config(args: argparse.Namespace, fleet: Fleet) -> commands.Outcome:
-    out = Path(args.out).expanduser().resolve() if args.out else fleet.broker_dir
+    if args.kind == "rabbitmq" and args.user:
+        raise ProvisionError("--user is for Mosquitto; RabbitMQ runs as its own user")
+    if args.kind == "rabbitmq" and args.persistence_dir:
+        raise ProvisionError(
+            "--persistence-dir is for Mosquitto; RabbitMQ keeps its queues in its data directory"
+        )
+    default_out = fleet.broker_dir if args.kind == "mosquitto" else fleet.root / "broker-rabbitmq"
+    out = Path(args.out).expanduser().resolve() if args.out else default_out
     options = BrokerOptions(
         out=str(out),
         port=args.port,
@@ -74,8 +82,29 @@ def cmd_broker_config(args: argparse.Namespace, fleet: Fleet) -> commands.Outcom
         hosts=tuple(args.host or ()),
         install_dir=args.install_dir,
         user=args.user,
+        kind=args.kind,
+        persistence_dir=args.persistence_dir,
+        nodes=args.nodes,
+        outage_s=args.outage,
+        node_rate=args.node_rate,
+        message_bytes=args.message_bytes,
+        cluster_nodes=tuple(args.cluster_node or ()),
     )
     return commands.broker_config(fleet, options)
+
+
+def duration_s(text: str) -> int:
+    """`3600`, `90m`, `1h`, `2d` → seconds (argparse type)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip().lower()
+    factor = units.get(text[-1:])
+    try:
+        value = int(float(text[:-1] if factor else text) * (factor or 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 3600, 90m, 1h or 2d") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
 
 
 def cmd_revoke(args: argparse.Namespace, fleet: Fleet) -> commands.Outcome:
@@ -222,8 +251,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reissue", action="store_true", help="new key and certificate")
     p.set_defaults(func=cmd_add_operator)
 
-    p = sub.add_parser("broker-config", help="Mosquitto config, ACL, CRL and broker certificate")
+    p = sub.add_parser(
+        "broker-config",
+        help="broker config (Mosquitto, or a RabbitMQ cluster), ACL or permissions, CRL and broker certificate",
+        description="Write the broker's configuration for this fleet. Mosquitto: TLS listener, ACL, CRL, "
+        "persistence and queue limits sized for a back-office outage. --kind rabbitmq: the same identities "
+        "and permissions for a RabbitMQ cluster with quorum queues (replicated, fsynced acknowledgements).",
+    )
     _fleet_option(p)
+    p.add_argument(
+        "--kind", choices=BROKER_KINDS, default="mosquitto", help="broker software (default mosquitto)"
+    )
     p.add_argument("--port", type=int, default=8883, help="TLS listener port (default 8883)")
     p.add_argument("--out", metavar="DIR", help="output directory (default FLEET/broker)")
     p.add_argument(
@@ -240,6 +278,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--user", help="user Mosquitto runs as (written as `user`; Mosquitto refuses root without it)"
+    )
+    p.add_argument(
+        "--persistence-dir",
+        metavar="DIR",
+        help="Mosquitto run on its own: where it saves its state (Debian's main config already sets one)",
+    )
+    p.add_argument(
+        "--outage",
+        type=duration_s,
+        default=OUTAGE_S,
+        metavar="DURATION",
+        help="back-office outage the broker must bridge without losing messages (default 1h)",
+    )
+    p.add_argument(
+        "--nodes", type=int, metavar="N", help="planned number of nodes (default: those in the inventory)"
+    )
+    p.add_argument(
+        "--node-rate",
+        type=float,
+        default=NODE_RATE,
+        metavar="MSG/S",
+        help=f"messages per second per node: events, thumbnails, telemetry (default {NODE_RATE:g})",
+    )
+    p.add_argument(
+        "--message-bytes",
+        type=int,
+        default=MESSAGE_BYTES,
+        metavar="BYTES",
+        help=f"average message size (default {MESSAGE_BYTES})",
+    )
+    p.add_argument(
+        "--cluster-node",
+        action="append",
+        metavar="NAME@HOST",
+        help="RabbitMQ: an Erlang node of the cluster, e.g. rabbit@broker-1 (repeat for each)",
     )
     p.set_defaults(func=cmd_broker_config)
 

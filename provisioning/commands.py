@@ -336,15 +336,14 @@ def broker_plan(loaded: Loaded, options: broker_mod.BrokerOptions, crl: bytes, p
     issued.record(serial_hex(leaf.cert.serial_number), leaf.cert.not_valid_after_utc)
     group = f"broker:{out_dir}"
     plan.dir(out_dir, 0o750)
-    plan.file(
-        group, out_dir / broker_mod.CONFIG_NAME, broker_mod.render_config(loaded.settings, options).encode()
-    )
-    plan.file(
-        group,
-        out_dir / broker_mod.ACL_NAME,
-        broker_mod.render_acl(loaded.settings, loaded.inventory).encode(),
-    )
-    plan.file(group, out_dir / "ca.crt", loaded.fleet.ca_cert.read_bytes())
+    ca_pem = loaded.fleet.ca_cert.read_bytes()
+    for name, data in broker_mod.render_files(
+        loaded.settings, loaded.inventory, options, ca_pem=ca_pem, crl=crl
+    ).items():
+        if "/" in name:
+            plan.dir((out_dir / name).parent, 0o750)
+        plan.file(group, out_dir / name, data)
+    plan.file(group, out_dir / "ca.crt", ca_pem)
     plan.file(group, out_dir / "crl.pem", crl)
     plan.file(group, out_dir / "server.crt", leaf.cert_pem)
     plan.file(group, out_dir / "server.key", leaf.key_pem, 0o600)
@@ -395,7 +394,8 @@ def broker_config(fleet: Fleet, options: broker_mod.BrokerOptions) -> Outcome:
     )
     if note:
         out.say(note)
-    out.say(f"start it with: mosquitto -c {Path(options.files_dir) / broker_mod.CONFIG_NAME}")
+    for line in broker_mod.start_hint(options, loaded.inventory):
+        out.say(line)
     return out
 
 

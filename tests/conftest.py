@@ -79,3 +79,6 @@ def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if "long" in item.keywords:
             item.add_marker(skip)
+# Back-office fixtures (tests/fleet_support.py): a PostgreSQL server per test process, and `db_url`,
+# which runs a test once on SQLite and once on PostgreSQL.
+from tests.fleet_support import db_url, pg_server  # noqa: E402, F401

@@ -15,7 +15,7 @@ def test_ruff_clean():
     ruff = shutil.which("ruff") or str(ROOT / ".venv" / "bin" / "ruff")
     if not shutil.which(ruff):
         pytest.skip("ruff is not installed (it comes with the dev extra)")
-    res = subprocess.run([ruff, "check", "agent", "tests", "provisioning", "hw_tests", "bench"],
+    res = subprocess.run([ruff, "check", "agent", "fleet", "tests", "provisioning", "hw_tests", "bench"],
                          capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0, res.stdout + res.stderr
 
@@ -49,6 +49,10 @@ for m in pkgutil.walk_packages(agent.__path__, "agent."):
     if not m.name.endswith("__main__"):
         importlib.import_module(m.name)
 importlib.import_module("provisioning")
+import fleet
+for m in pkgutil.walk_packages(fleet.__path__, "fleet."):
+    if not m.name.endswith("__main__"):
+        importlib.import_module(m.name)
 assert not touched, touched
 assert "picamera2" not in sys.modules and "gpiozero" not in sys.modules and "lgpio" not in sys.modules
 """

@@ -183,8 +183,11 @@ def make_fleet(folder: Path) -> Fleet:
         fleet.provision("add-node", node, "--site", f"{node} site", "--lat", "52.37", "--lon", "4.89")
     fleet.provision("add-operator", "backoffice")
     user = ["--user", "root"] if os.geteuid() == 0 else []  # Mosquitto will not run as root without it
+    # run on its own (not as a Debian drop-in), Mosquitto needs to be told where to save its state
+    (folder / "mosquitto-data").mkdir()
+    data = ["--persistence-dir", str(folder / "mosquitto-data")]
     fleet.provision(
-        "broker-config", "--port", str(fleet.port), "--bind", "127.0.0.1", "--host", "localhost", *user
+        "broker-config", "--port", str(fleet.port), "--bind", "127.0.0.1", "--host", "localhost", *user, *data
     )
     return fleet
 

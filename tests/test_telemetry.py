@@ -54,6 +54,7 @@ def test_telemetry_is_small_complete_and_plausible(broker, tmp_path):
     assert 20 < t["memory_rss_mb"] < 4096 and t["disk_free_mb"] > 0
     assert set(t["spool"]["classes"]) == {"critical", "event", "thumb", "telemetry"}
     assert all(c["drops"] == 0 for c in t["spool"]["classes"].values())
+    assert all("oldest_age_s" in c for c in t["spool"]["classes"].values())  # the backlog's age, for the back office
     assert t["link"]["connected"] is True and t["link"]["published"] > 0
     assert t["modem"]["up"] is True and -113 <= t["modem"]["rssi_dbm"] <= -51 and t["modem"]["technology"]
     assert t["gnss"]["sats"] >= 4 and -90 <= t["gnss"]["lat"] <= 90 and -180 <= t["gnss"]["lon"] <= 180

@@ -222,7 +222,7 @@ TELEMETRY_FIELDS: dict[str, str] = {
     "cpu": "CPU load, temperature, throttling",
     "memory_rss_mb": "the agent's memory",
     "disk_free_mb": "free space on the state filesystem",
-    "spool": "records waiting, bytes, drops per class",
+    "spool": "records waiting, bytes, drops and the age of the oldest, per class",
     "link": "MQTT connection, link rate and round trip, bytes spent today",
     "modem": "LTE registration, technology, operator name, signal levels",
     "gnss": "the node's own GNSS fix (its position on the pole), satellites, HDOP",
@@ -243,6 +243,8 @@ def compact_spool(spool: dict[str, Any]) -> dict[str, Any]:
             "depth": c["depth"],
             "bytes": c["bytes"],
             "drops": sum(d["count"] for d in c["drops"].values()),
+            # how long the oldest record of the class has waited (spool uptime): the back office's backlog age
+            "oldest_age_s": c.get("oldest_age_s"),
         }
         for name, c in spool["classes"].items()
     }

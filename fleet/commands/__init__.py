@@ -1,0 +1,1 @@
+"""One module per `vigil-fleet` command; each has `register(subparsers)` (see fleet.cli.COMMAND_MODULES)."""

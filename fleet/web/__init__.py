@@ -1,0 +1,1 @@
+"""The operators' page (`vigil-fleet serve`): map, node list, latest events, node drill-down, /metrics."""
