@@ -62,6 +62,18 @@ REASONS = (
 )
 
 
+DEGRADED_MARK = b"vigil-degraded original-sha256="  # the JPEG comment of a thumbnail shrunk on the node
+
+
+def degraded_original(jpeg: bytes) -> str | None:
+    """The original's sha256 named by a thumbnail the node shrank for a slow link (a COM segment right
+    after the JPEG's start-of-image marker; docs/uplink.md), or None."""
+    if jpeg[2:4] != b"\xff\xfe":
+        return None
+    text = jpeg[6 : 4 + int.from_bytes(jpeg[4:6], "big")]
+    return text[len(DEGRADED_MARK) :].decode("ascii", "replace") if text.startswith(DEGRADED_MARK) else None
+
+
 @dataclass(frozen=True)
 class Incoming:
     """One message as the broker delivered it."""
@@ -105,6 +117,18 @@ class Thumb:
     jpeg: bytes
     sha256: str
     degraded: bool
+    original: str | None = None  # the sha256 a degraded thumbnail names (its JPEG comment), if it does
+
+    def stands_for(self, sha256: str | None) -> bool:
+        """Whether this is the thumbnail named `sha256`: the original itself, or a copy the node made
+        smaller that names it (any MQTT version); with only the MQTT 5 flag, trusted as before."""
+        if sha256 is None:
+            return False
+        if self.sha256 == sha256:
+            return True
+        if self.original is not None:
+            return self.original == sha256
+        return self.degraded
 
 
 @dataclass(frozen=True)
@@ -222,7 +246,10 @@ class WireParser:
             return Rejected(OVERSIZED, f"{len(msg.payload)} bytes (limit {THUMB_LIMIT})", node)
         if not msg.payload.startswith(b"\xff\xd8\xff"):
             return Rejected(NOT_JPEG, f"{len(msg.payload)} bytes that do not start like a JPEG", node)
-        return Thumb(node, event_id, msg.payload, digest(msg.payload), msg.degraded)
+        original = degraded_original(msg.payload)
+        return Thumb(
+            node, event_id, msg.payload, digest(msg.payload), msg.degraded or original is not None, original
+        )
 
     def _event(self, node: str, body: dict[str, Any], text: str) -> Parsed:
         schema = body.get("schema")

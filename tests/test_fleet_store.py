@@ -4,6 +4,7 @@ checked against their event, deduplicated history, quarantine, and two writers a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 
@@ -174,6 +175,24 @@ def test_thumbnails_are_checked_against_their_event(store: Store):
         "ok",
         image,
     )
+
+    # MQTT 3.1.1 has no properties: a copy the node shrank names its original in a JPEG comment
+    from agent.uplink.meter import mark_degraded
+
+    marked = event("pole-1", 7, thumb=image)
+    copy = mark_degraded(other, hashlib.sha256(image).hexdigest())
+    store.put(("vigil/pole-1/events", dumps(marked)), (f"vigil/pole-1/thumbs/{marked['id']}", copy))
+    assert store.db.scalar("SELECT state FROM thumbs WHERE event_id = ?", (marked["id"],)) == "degraded"
+    early_marked = event("pole-1", 8, thumb=image)  # the same when the copy comes before its event
+    store.put((f"vigil/pole-1/thumbs/{early_marked['id']}", copy))
+    store.put(("vigil/pole-1/events", dumps(early_marked)))
+    assert store.db.scalar("SELECT state FROM thumbs WHERE event_id = ?", (early_marked["id"],)) == "degraded"
+    liar = event("pole-1", 9, thumb=image)  # a copy naming another original is not this event's
+    out = store.put(
+        ("vigil/pole-1/events", dumps(liar)),
+        (f"vigil/pole-1/thumbs/{liar['id']}", mark_degraded(other, "0" * 64), {"degraded": True}),
+    )
+    assert out.quarantined == {wire.THUMB_MISMATCH: 1}
 
     none = event("pole-1", 6)  # no thumbnail announced
     out = store.put(("vigil/pole-1/events", dumps(none)), (f"vigil/pole-1/thumbs/{none['id']}", image))

@@ -231,8 +231,8 @@ class BatchWriter:
                 continue
             elif event[1] == thumb.sha256:
                 state = "ok"
-            elif thumb.degraded:
-                state = "degraded"  # re-encoded on the node for a slow link, and flagged so
+            elif thumb.stands_for(event[1]):
+                state = "degraded"  # re-encoded on the node for a slow link, naming the original
             else:
                 detail = f"sha256 {thumb.sha256} but event {thumb.event_id} names {event[1]}"
                 batch.reject(
@@ -278,7 +278,9 @@ class BatchWriter:
                 )
             elif event.thumb_sha256 is None:
                 reason, detail = wire.THUMB_UNEXPECTED, f"event {event_id} has no thumbnail"
-            elif sha256 != event.thumb_sha256 and not degraded:
+            elif not wire.Thumb(
+                node, event_id, bytes(jpeg), sha256, bool(degraded), wire.degraded_original(bytes(jpeg))
+            ).stands_for(event.thumb_sha256):
                 reason, detail = (
                     wire.THUMB_MISMATCH,
                     f"sha256 {sha256} but event {event_id} names {event.thumb_sha256}",
