@@ -94,7 +94,7 @@ class SpoolStore:
         for problem in opened.damage:
             log.error("spool: %s", problem)
         legacy = migrate.legacy_path(self.path)
-        old = migrate.read_legacy(legacy) if legacy.exists() else None
+        old = migrate.read_legacy(legacy) if legacy.is_file() and legacy != self.path else None
         carried = self._salvage(opened.set_aside)
         if old is not None:
             carried += self._adopt_legacy(old)
