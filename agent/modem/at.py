@@ -348,6 +348,17 @@ class SerialLike(Protocol):
 UrcListener = Callable[[str], None]
 
 
+class AtSession(Protocol):
+    """What set-up, polling, recovery and vendor code need from an AT channel (an `AtEngine`; unit
+    tests may pass a fake)."""
+
+    def command(
+        self, command: str, *, timeout: float | None = None, prefix: str | None = None, check: bool = True
+    ) -> AtResponse: ...
+
+    def ping(self, timeout: float = 2.0) -> bool: ...
+
+
 class AtEngine:
     """Runs AT commands over an open port, one at a time, and routes URCs to listeners.
 
@@ -380,7 +391,8 @@ class AtEngine:
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> AtEngine:
-        if getattr(self.port, "timeout", None) is None or self.port.timeout > 0.2:
+        timeout = getattr(self.port, "timeout", None)
+        if timeout is None or timeout > 0.2:
             self.port.timeout = 0.1  # bounded reads, so stop() is prompt
         self._thread = threading.Thread(target=self._read_loop, name=f"{self.name}-at-reader", daemon=True)
         self._thread.start()
@@ -527,7 +539,7 @@ def open_port(url: str, baudrate: int = 115200, **kwargs: Any) -> Any:
     """
     import serial
 
-    from agent.modem.emulator import register_url_handler
+    from agent.modem.urlhandlers import register
 
-    register_url_handler()
+    register()  # `vigilemu://` reaches the emulator; pyserial imports it only for such a URL
     return serial.serial_for_url(url, baudrate=baudrate, timeout=0.1, write_timeout=2.0, **kwargs)
