@@ -238,17 +238,20 @@ class ModemEmulator:
             self._cond.notify_all()
 
     def host_read(self, channel: str, size: int, timeout: float | None, generation: int | None = None) -> bytes:
-        """Up to `size` bytes, waiting up to `timeout` for the first; like a serial read."""
-        deadline = None if timeout is None else self._clock() + timeout
+        """Up to `size` bytes, waiting up to `timeout` for the first; like a serial read.
+
+        The read timeout is the host's, in real time even when the device runs on a test's clock."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             out = bytearray()
             while True:
                 now = self._clock()
                 self._due(channel, now, generation)
                 out += self._take(channel, size - len(out), now)
-                if len(out) >= size or (deadline is not None and now >= deadline):
+                left = None if deadline is None else deadline - time.monotonic()
+                if len(out) >= size or (left is not None and left <= 0):
                     return bytes(out)
-                wait = 0.05 if deadline is None else min(0.05, max(0.0, deadline - now))
+                wait = 0.05 if left is None else min(0.05, left)
                 nxt = self._next_due(channel)
                 if nxt is not None:
                     wait = min(wait, max(0.001, nxt - now))
