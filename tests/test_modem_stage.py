@@ -124,3 +124,19 @@ def test_agent_simulate_end_to_end(state_dir, event_validator):
     for body in events:
         event_validator.validate(body)
         assert "link" in body and "location" in body
+
+
+def test_simulate_power_cycles_a_hung_emulated_modem_through_its_switch():
+    """The emulated modem is reached by URL only; its power switch stands in for power_cycle_command."""
+    fast = {**FAST, "modem.unresponsive_after": 2, "modem.step_wait_s": 2.5, "modem.simulate_scenario": "hang"}
+    stage, _factory, _ = build(fast, simulate=True)
+    stage.start()
+    try:
+        st = stage.supervisor.wait_for(
+            lambda s: s["recovery"]["counts"]["power_cycle"] >= 1 and s["up"] and s["recovery"]["last_recovery"], 45
+        )
+        assert st is not None, stage.status()
+        assert st["recovery"]["last_recovery"]["after_step"] == "power_cycle"
+    finally:
+        stage.stop()
+    assert not stage.simulated.switch_dir.exists()  # the switch went with the stage
