@@ -167,19 +167,28 @@ class AtEngine:
             self.commands += 1
             deadline = time.monotonic() + wait
             with self._cond:
-                while self._result is None and self._closed_reason is None:
+                while not self._settled():
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         self.protocol.abandon(wait)
                         log.debug("%s: %s timed out", self.name, redact(command))
                         raise AtTimeout(f"{redact(command)}: no answer within {wait:g}s")
                     self._cond.wait(remaining)
-                if self._result is None:
+                result = self._take_result()
+                if result is None:
                     raise PortClosed(self._closed_reason or "closed")
-                result, self._result = self._result, None
             log.debug("%s ← %s %s", self.name, " | ".join(result.lines), result.final)
         if check and not result.ok:
             raise AtError(command, result.final, result.lines)
+        return result
+
+    def _settled(self) -> bool:
+        """The command in flight has its final result, or the port closed under it (under `_cond`)."""
+        return self._result is not None or self._closed_reason is not None
+
+    def _take_result(self) -> AtResponse | None:
+        """The final result the reader handed over (under `_cond`), cleared for the next command."""
+        result, self._result = self._result, None
         return result
 
     def ping(self, timeout: float = 2.0) -> bool:
