@@ -14,7 +14,7 @@ from agent.clock import Clock
 from agent.config import load_config
 from agent.events.record import EventFactory
 from agent.modem import stage as modem_stage
-from agent.modem.emulator import _REGISTRY
+from agent.modem.emulator import registered
 from tests.conftest import NMEA_DIR, read_events, run_agent, shared
 
 pytestmark = pytest.mark.timeout(60)
@@ -44,7 +44,7 @@ def event(factory: EventFactory) -> dict:
 
 def test_simulate_runs_the_emulated_modem_and_gnss(event_validator):
     stage, factory, _clock = build({**FAST, "node.location": {"lat": 48.85837, "lon": 2.29448}}, simulate=True)
-    assert stage is not None and stage.emulator is not None
+    assert stage is not None and stage.simulated is not None
     stage.start()
     try:
         assert stage.supervisor.wait_for(lambda s: s["state"] == "online" and s["operator"], 10), stage.status()
@@ -62,7 +62,7 @@ def test_simulate_runs_the_emulated_modem_and_gnss(event_validator):
         assert status["link"]["gnss_enabled"] is True  # switched on over AT, like a real EC25
     finally:
         stage.stop()
-    assert stage.emulator.name not in _REGISTRY
+    assert registered(stage.simulated.name) is None  # the stage let go of its emulated modem
 
 
 def test_simulate_replays_a_route_from_an_nmea_log():
@@ -124,3 +124,19 @@ def test_agent_simulate_end_to_end(state_dir, event_validator):
     for body in events:
         event_validator.validate(body)
         assert "link" in body and "location" in body
+
+
+def test_simulate_power_cycles_a_hung_emulated_modem_through_its_switch():
+    """The emulated modem is reached by URL only; its power switch stands in for power_cycle_command."""
+    fast = {**FAST, "modem.unresponsive_after": 2, "modem.step_wait_s": 2.5, "modem.simulate_scenario": "hang"}
+    stage, _factory, _ = build(fast, simulate=True)
+    stage.start()
+    try:
+        st = stage.supervisor.wait_for(
+            lambda s: s["recovery"]["counts"]["power_cycle"] >= 1 and s["up"] and s["recovery"]["last_recovery"], 45
+        )
+        assert st is not None, stage.status()
+        assert st["recovery"]["last_recovery"]["after_step"] == "power_cycle"
+    finally:
+        stage.stop()
+    assert not stage.simulated.switch_dir.exists()  # the switch went with the stage

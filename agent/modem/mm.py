@@ -169,5 +169,5 @@ def summarise_mmcli(data: dict[str, Any]) -> dict[str, Any]:
         "registration": g3.get("registration-state"),
         "operator": g3.get("operator-name"),
         "technology": techs[0].upper() if techs else None,
-        "signal_percent": int(quality) if str(quality or "").isdigit() else None,
+        "signal_percent": int(str(quality)) if str(quality or "").isdigit() else None,
     }

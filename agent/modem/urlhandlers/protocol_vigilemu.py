@@ -1,29 +1,36 @@
 """pyserial handler for `vigilemu://NAME[/nmea][?vendor=…&scenario=…]`: the built-in modem emulator.
 
 It behaves like a USB serial device: opening it while the emulated modem is absent fails, and a
-handle opened before the device re-enumerated fails on its next read or write.
+handle opened before the device re-enumerated fails on its next read or write. pyserial imports
+this module only when such a URL is opened; it is the one place outside tests that imports the
+emulator.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from serial.serialutil import PortNotOpenError, SerialBase, SerialException
 
 from agent.modem import emulator as emu
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 
 class Serial(SerialBase):
     """A serial port whose other end is a ModemEmulator (see agent.modem.emulator)."""
 
     def open(self) -> None:
-        if self._port is None:
+        if self.port is None:
             raise SerialException("Port must be configured before it can be used.")
         if self.is_open:
             raise SerialException("Port is already open.")
         try:
-            self._emu, self._channel = emu.lookup(str(self._port))
+            self._emu, self._channel = emu.lookup(str(self.port))
             self._generation = self._emu.open_generation()
-        except (ValueError, emu.PortGone) as exc:
-            raise SerialException(f"could not open port {self._port}: {exc}") from None
+        except (OSError, ValueError, emu.PortGone) as exc:  # OSError, ValueError: a route that cannot be read
+            raise SerialException(f"could not open port {self.port}: {exc}") from exc
         self.is_open = True
 
     def close(self) -> None:
@@ -49,17 +56,18 @@ class Serial(SerialBase):
         if size <= 0:
             return b""
         try:
-            return self._emu.host_read(self._channel, size, self._timeout, self._generation)
+            return self._emu.host_read(self._channel, size, self.timeout, self._generation)
         except emu.PortGone as exc:
             raise SerialException(str(exc)) from None
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: Buffer, /) -> int:
         self._guard()
+        payload = bytes(data)
         try:
-            self._emu.host_write(self._channel, bytes(data), self._generation)
+            self._emu.host_write(self._channel, payload, self._generation)
         except emu.PortGone as exc:
             raise SerialException(str(exc)) from None
-        return len(data)
+        return len(payload)
 
     def reset_input_buffer(self) -> None:
         self._guard()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.modem.at import AtEngine, AtError
+from agent.modem.at import AtError, AtSession
 from agent.modem.parse import Signal, parse_iccid, split_fields, to_int
 
 
@@ -29,7 +29,7 @@ class Vendor:
     def matches(cls, manufacturer: str, model: str) -> bool:
         return False
 
-    def iccid(self, at: AtEngine) -> str | None:
+    def iccid(self, at: AtSession) -> str | None:
         """ICCID: +CCID is the common spelling; some modems answer it bare."""
         try:
             resp = at.command("AT+CCID")
@@ -41,7 +41,7 @@ class Vendor:
                 return value
         return None
 
-    def signal_details(self, at: AtEngine) -> Signal | None:
+    def signal_details(self, at: AtSession) -> Signal | None:
         """RSRP/RSRQ from 27.007 +CESQ (indices, converted to the lower bound of each step)."""
         try:
             text = at.command("AT+CESQ").first("+CESQ:")
@@ -49,12 +49,12 @@ class Vendor:
             return None
         return parse_cesq(text) if text is not None else None
 
-    def reset(self, at: AtEngine, timeout: float | None = None) -> None:
+    def reset(self, at: AtSession, timeout: float | None = None) -> None:
         """Full modem reboot (27.007 +CFUN=1,1). The port usually vanishes and comes back."""
         at.command("AT+CFUN=1,1", timeout=timeout)
 
-    def gnss_enable(self, at: AtEngine) -> bool:
+    def gnss_enable(self, at: AtSession) -> bool:
         return False
 
-    def gnss_enabled(self, at: AtEngine) -> bool | None:
+    def gnss_enabled(self, at: AtSession) -> bool | None:
         return None

@@ -8,7 +8,7 @@ Formats from the EC25/EC21 AT manual and real modem output:
 
 from __future__ import annotations
 
-from agent.modem.at import AtEngine, AtError
+from agent.modem.at import AtError, AtSession
 from agent.modem.parse import Signal, parse_iccid, split_fields, to_float
 from agent.modem.vendors.generic import Vendor
 
@@ -45,14 +45,14 @@ class Quectel(Vendor):
     def matches(cls, manufacturer: str, model: str) -> bool:
         return "QUECTEL" in manufacturer.upper()
 
-    def iccid(self, at: AtEngine) -> str | None:
+    def iccid(self, at: AtSession) -> str | None:
         try:
             text = at.command("AT+QCCID").first("+QCCID:")
         except AtError:
             return super().iccid(at)
         return parse_iccid(text) if text else None
 
-    def signal_details(self, at: AtEngine) -> Signal | None:
+    def signal_details(self, at: AtSession) -> Signal | None:
         try:
             for line in at.command('AT+QENG="servingcell"').all("+QENG:"):
                 found = parse_qeng_servingcell(line)
@@ -66,7 +66,7 @@ class Quectel(Vendor):
             return super().signal_details(at)
         return parse_qcsq(text) if text else None
 
-    def gnss_enable(self, at: AtEngine) -> bool:
+    def gnss_enable(self, at: AtSession) -> bool:
         """NMEA to the USB NMEA port, then start the engine; 504 means it is already running."""
         try:
             at.command('AT+QGPSCFG="outport","usbnmea"')
@@ -79,7 +79,7 @@ class Quectel(Vendor):
                 raise
         return True
 
-    def gnss_enabled(self, at: AtEngine) -> bool | None:
+    def gnss_enabled(self, at: AtSession) -> bool | None:
         try:
             text = at.command("AT+QGPS?").first("+QGPS:")
         except AtError:

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from agent.modem.at import AtEngine, AtError
+from agent.modem.at import AtError, AtSession
 from agent.modem.parse import Signal, parse_iccid, split_fields, to_float
 from agent.modem.vendors.generic import Vendor
 
@@ -32,30 +32,30 @@ class SimCom(Vendor):
     def matches(cls, manufacturer: str, model: str) -> bool:
         return "SIMCOM" in manufacturer.upper() or model.upper().startswith(("SIM7", "A76"))
 
-    def iccid(self, at: AtEngine) -> str | None:
+    def iccid(self, at: AtSession) -> str | None:
         try:
             text = at.command("AT+CICCID").first("+ICCID:")
         except AtError:
             return super().iccid(at)
         return parse_iccid(text) if text else None
 
-    def signal_details(self, at: AtEngine) -> Signal | None:
+    def signal_details(self, at: AtSession) -> Signal | None:
         try:
             text = at.command("AT+CPSI?").first("+CPSI:")
         except AtError:
             return super().signal_details(at)
         return parse_cpsi(text) if text else None
 
-    def reset(self, at: AtEngine, timeout: float | None = None) -> None:
+    def reset(self, at: AtSession, timeout: float | None = None) -> None:
         at.command("AT+CRESET", timeout=timeout)
 
-    def gnss_enable(self, at: AtEngine) -> bool:
+    def gnss_enable(self, at: AtSession) -> bool:
         if self.gnss_enabled(at):
             return True
         at.command("AT+CGPS=1,1")  # standalone mode; NMEA on the modem's NMEA port
         return True
 
-    def gnss_enabled(self, at: AtEngine) -> bool | None:
+    def gnss_enabled(self, at: AtSession) -> bool | None:
         try:
             text = at.command("AT+CGPS?").first("+CGPS:")
         except AtError:
