@@ -15,6 +15,7 @@ from provisioning.errors import ProvisionError
 from provisioning.files import Plan
 from provisioning.fleet import Fleet, FleetSettings, parse_broker_url
 from provisioning.inventory import NODE_ID_RE, Inventory, Issued, NodeEntry, NodeSpec
+from provisioning.release import public_key_pem
 
 
 @dataclass
@@ -132,6 +133,7 @@ def provision_nodes(
         raise ProvisionError("\n".join(problems))
 
     ca_pem = loaded.fleet.ca_cert.read_bytes()
+    release_key = public_key_pem(loaded.fleet)  # every bundle carries the fleet's release key once it has one
     revoked = loaded.revoked_serials()
     plan = Plan()
     issued_notes: dict[str, str] = {}
@@ -160,7 +162,7 @@ def provision_nodes(
         plan.dir(fleet.nodes_dir, 0o700)
         plan.dir(folder, BUNDLE_DIR_MODE)
         plan.dir(folder / "system", 0o755)
-        files = bundle_files(spec, loaded.settings, ca_pem, leaf.cert, leaf.cert_pem, leaf.key_pem)
+        files = bundle_files(spec, loaded.settings, ca_pem, leaf.cert, leaf.cert_pem, leaf.key_pem, release_key)
         for name, (data, mode) in files.items():
             plan.file(spec.id, folder / name, data, mode)
     plan.file("inventory", fleet.inventory_file, inv.dump(), 0o600)
