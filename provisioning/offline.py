@@ -69,7 +69,7 @@ def check_root(root: Path, target: Target) -> None:
         raise ProvisionError(f"{root} is a Debian {arch} system but the release would be for {target.arch} (--arch)")
     python = root / "usr" / "bin" / f"python{target.python}"
     if not (python.exists() or python.is_symlink()):
-        found = sorted(p.name for p in (root / "usr" / "bin").glob("python3.*") if p.name[7:].isdigit())
+        found = sorted(p.name for p in (root / "usr" / "bin").glob("python3.*") if p.name[8:].isdigit())
         raise ProvisionError(
             f"{root} has no /usr/bin/python{target.python} (it has: {', '.join(found) or 'no python3'}); the "
             f"wheelhouse would be for CPython {target.python}: pass --python X.Y for this image"
@@ -151,7 +151,7 @@ def place_models(fleet: Fleet, root: Path, slot: Path, models_from: str | None, 
     for name in OFFLINE_MODELS:
         item = models.entry(name)
         if _model_in_wheel(slot, item):
-            log(f"model     {name}: in the agent wheel (sha256 {item.sha256[:16]}… checked)")
+            log(f"model     {name}: in the agent wheel (sha256 {(item.sha256 or '')[:16]}… checked)")
             continue
         try:
             cached = models.fetch(name, fleet.root / CACHE, mirror=_mirror_url(models_from))

@@ -51,7 +51,10 @@ def _arch(text: str) -> str:
     return text
 
 
-def register(sub: argparse._SubParsersAction, fleet_option: Callable[[argparse.ArgumentParser], None]) -> None:
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    fleet_option: Callable[[argparse.ArgumentParser], None],
+) -> None:
     group = sub.add_parser(
         "release",
         help="signed agent releases for over-the-air updates",

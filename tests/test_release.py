@@ -119,8 +119,7 @@ def broker(tmp_path_factory):
 @pytest.fixture(scope="module")
 def node(broker, releases, tmp_path_factory):
     folder = tmp_path_factory.mktemp("node")
-    config = {"update": {"releases_dir": str(folder / "releases"), "public_key": str(releases.public_key),
-                         "max_bytes": 50 * 1024 * 1024}}
+    config = {"update": {"releases_dir": str(folder / "releases"), "public_key": str(releases.public_key)}}
     with AgentHarness(folder / "state", broker=broker.url, config=config) as harness:
         yield harness
 
@@ -170,10 +169,12 @@ def test_another_architecture_and_a_downgrade_are_refused(node, operator, releas
 
 def test_a_release_larger_than_the_cap_is_not_downloaded(node, operator, good):
     server = FileServer(good.path.parent)
+    node.agent.config.update.max_bytes = 50 * 1024 * 1024  # as a node configured with this cap would have it
     try:
         message = refused(node, operator, {"url": server.url_for(good.path.name), "sha256": good.sha256,
                                            "version": "0.2.0"})
     finally:
+        node.agent.config.update.max_bytes = 400 * 1024 * 1024
         server.close()
     assert "more than the 52428800 allowed" in message
     assert not list((Path(node.agent.config.update.releases_dir) / ".incoming").glob("*.part"))

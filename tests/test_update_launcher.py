@@ -171,3 +171,17 @@ def test_prune_keeps_the_two_slots(tmp_path):
     slots.switch(layout, "1.2.0")
     assert slots.prune(layout, keep={"1.1.0"}) == ["1.0.0"]
     assert slots.complete_versions(layout) == ["1.1.0", "1.2.0"]
+
+
+def test_the_node_side_modules_need_nothing_but_the_standard_library():
+    """slots.py runs as the launcher and first boot with the system python3, before any venv exists;
+    install.py runs on a fresh Raspberry Pi OS."""
+    import ast
+
+    from tests.conftest import ROOT
+
+    for path in (ROOT / "agent/update/slots.py", ROOT / "provisioning/install.py"):
+        tree = ast.parse(path.read_text())
+        names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert names - {"__future__"} <= set(sys.stdlib_module_names), (path.name, names - set(sys.stdlib_module_names))

@@ -236,17 +236,27 @@ def _run(argv: list[str], what: str, log: Log) -> None:
         raise SlotError(f"{what} failed (exit {done.returncode}): {tail}")
 
 
+SYSTEM_WHEELS = Path("/usr/share/python-wheels")  # Debian's python3-pip-whl (python3-venv depends on it)
+
+
 def build_venv(slot: Path, python: str, log: Log = _stderr) -> None:
     """The slot's own venv, from its wheelhouse and hashed lock only: no index, nothing else.
-    --system-site-packages: apt's picamera2 (Raspberry Pi OS) stays visible to the agent."""
+    --system-site-packages: apt's picamera2 (Raspberry Pi OS) stays visible to the agent. pip runs from
+    Debian's pip wheel when there is one, so the slot needs no pip of its own (ensurepip costs more time
+    than the install on a Pi), and byte-compiles nothing: the agent compiles what it imports, once."""
     venv = slot / "venv"
     if venv.exists():
         shutil.rmtree(venv)
-    _run([python, "-m", "venv", "--system-site-packages", str(venv)], "creating the venv", log)
+    pip_wheel = max(SYSTEM_WHEELS.glob("pip-*.whl"), default=None)
+    if pip_wheel is not None:
+        _run([python, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], "creating the venv", log)
+        pip = [str(venv / "bin" / "python"), str(pip_wheel / "pip")]
+    else:
+        _run([python, "-m", "venv", "--system-site-packages", str(venv)], "creating the venv", log)
+        pip = [str(venv / "bin" / "python"), "-m", "pip"]
     _run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-index", "--no-cache-dir",
-         "--find-links", str(slot / WHEELS), "--require-hashes", "--only-binary=:all:",
-         "-r", str(slot / LOCK)],
+        [*pip, "install", "--no-index", "--no-cache-dir", "--no-compile", "--find-links", str(slot / WHEELS),
+         "--require-hashes", "--only-binary=:all:", "-r", str(slot / LOCK)],
         "installing the release from its wheelhouse",
         log,
     )
@@ -326,7 +336,7 @@ def prune(layout: Layout, keep: set[str]) -> list[str]:
 def _rollback(layout: Layout, state: dict[str, Any], reason: str) -> str | None:
     """Go back from the release on probation to the one it replaced (or the legacy venv)."""
     probation = state.pop("probation")
-    failed, previous = probation["version"], probation.get("from")
+    failed, previous = str(probation["version"]), probation.get("from")
     target = previous if previous and is_complete(layout.slot(previous)) else None
     state.setdefault("failed", {})[failed] = reason
     if target is None and not (layout.legacy_venv / "bin" / "agent").exists():

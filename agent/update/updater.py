@@ -204,6 +204,7 @@ class AgentUpdater(BackgroundCommand):
         slot = layout.slot(release.version)
         if release.version == previous:
             raise CommandError(f"release {release.version} is the current slot already; nothing changed")
+        layout.releases.mkdir(parents=True, exist_ok=True)
         slots.prune(layout, keep={v for v in (previous,) if v})  # room for the new slot: keep the running one
         free = shutil.disk_usage(layout.releases).free
         needed = release.path.stat().st_size * SPACE_FACTOR
@@ -212,7 +213,10 @@ class AgentUpdater(BackgroundCommand):
                 f"not enough space in {layout.releases} for release {release.version}: {free} bytes free, about "
                 f"{needed} needed; the running release stays"
             )
-        self._say(f"release {release.version} verified; installing it", {"stage": "install", **release.summary()})
+        self._say(
+            f"release {release.version}: signature and manifest verified; unpacking and installing it",
+            {"stage": "install", **release.summary()},
+        )
         try:
             extract(release, slot)
             slots.build_venv(slot, str(self.cfg.python or base_python()), log=lambda line: log.info("%s", line))
