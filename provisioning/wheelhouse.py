@@ -100,7 +100,9 @@ def _pip(argv: list[str], what: str, log: Log) -> None:
 def build_agent_wheel(source: Path, out: Path, log: Log) -> Path:
     """`pip wheel --no-deps` of a checkout: the agent as the node will install it."""
     if not (source / "pyproject.toml").is_file() or not (source / "agent").is_dir():
-        raise ProvisionError(f"{source} is not a Vigil checkout (no pyproject.toml and agent/)")
+        raise ProvisionError(
+            f"{source} is not a Vigil checkout (no pyproject.toml and agent/): give --agent WHEEL (or --source DIR)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     argv = ["wheel", "--no-deps", "--quiet", "--wheel-dir", str(out), str(source)]
     _pip(argv, f"building the agent wheel from {source}", log)

@@ -38,8 +38,9 @@ def cache_key() -> str:
 
 
 def debootstrap_argv(target: Path) -> list[str]:
-    return ["debootstrap", f"--arch={ARCH}", f"--variant={VARIANT}", f"--include={','.join(PACKAGES)}", SUITE,
-            str(target), MIRROR]
+    command = ["debootstrap", f"--arch={ARCH}", f"--variant={VARIANT}", f"--include={','.join(PACKAGES)}", SUITE,
+               str(target), MIRROR]
+    return ["nice", "-n", "15", *command]  # its second stage runs under emulation for minutes
 
 
 def unavailable() -> str | None:

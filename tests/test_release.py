@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import stat
 import tarfile
 from pathlib import Path
@@ -22,7 +23,7 @@ from tests.brokers import Mosquitto
 from tests.fileserver import FileServer
 from tests.releases import Releases, signed_by_another_key, tampered, unsigned
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +188,20 @@ def test_bad_requests_get_an_error_reply(node, operator):
     assert reply["status"] == "error" and "args.version" in reply["message"]
     reply = operator.request("agent/update", {"path": "/nope.tar", "sha256": "0" * 64, "version": "0.2.0"})
     assert reply["status"] == "error" and "release file not found on the node" in reply["message"]
+
+
+def test_no_update_while_the_running_release_is_on_probation(node, operator, good):
+    layout = slots.Layout(node.agent.config.update.releases_dir)
+    slot = layout.slot("0.1.0")
+    (slot / "venv" / "bin").mkdir(parents=True)
+    (slot / "venv" / "bin" / "agent").write_text("")
+    slots.mark_complete(slot, {"version": "0.1.0"})
+    slots.switch(layout, "0.1.0")
+    with slots.locked_state(layout) as state:
+        state["probation"] = {"version": "0.1.0", "from": "0.0.9", "timeout_s": 600, "starts": 1}
+    try:
+        reply = operator.request("agent/update", {"path": str(good.path), "sha256": good.sha256, "version": "0.2.0"})
+        assert reply["status"] == "error" and "still on probation" in reply["message"]
+        assert slots.current(layout) == "0.1.0" and not layout.slot("0.2.0").exists()
+    finally:
+        shutil.rmtree(layout.releases)

@@ -185,3 +185,12 @@ def test_the_node_side_modules_need_nothing_but_the_standard_library():
         names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         assert names - {"__future__"} <= set(sys.stdlib_module_names), (path.name, names - set(sys.stdlib_module_names))
+
+
+def test_a_lost_current_link_falls_back_to_the_last_good_release(node):
+    launch, layout, log = node
+    make_slot(layout, "1.0.0", "exit")
+    with slots.locked_state(layout) as state:
+        state["good"] = "1.0.0"
+    assert launch_once(launch, layout, log) == 0
+    assert [s["version"] for s in starts(log)] == ["1.0.0"] and slots.current(layout) == "1.0.0"

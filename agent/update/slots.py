@@ -392,12 +392,14 @@ def prepare_start(layout: Layout) -> tuple[str | None, dict[str, Any] | None]:
             if not same_boot or deadline is None:
                 probation["boot"] = now_boot
                 probation["deadline_mono"] = now + float(probation.get("timeout_s", 600))
-        if running is not None and not is_complete(layout.slot(running)):
+        if running is None or not is_complete(layout.slot(running)):
             good = state.get("good")
             fallback = good if good and is_complete(layout.slot(good)) else None
-            _stderr(f"release {running} is not completely installed; starting {fallback or 'the legacy venv'}")
-            switch(layout, fallback)
-            running, probation = fallback, None
+            if running is not None or (fallback and not (layout.legacy_venv / "bin" / "agent").exists()):
+                what = f"release {running} is not completely installed" if running else "no current release"
+                _stderr(f"{what}; starting {fallback or 'the legacy venv'}")
+                switch(layout, fallback)
+                running, probation = fallback, None
         return running, (dict(probation) if probation is not None else None)
 
 

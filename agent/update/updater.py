@@ -100,6 +100,13 @@ class AgentUpdater(BackgroundCommand):
             return f"release {running} is already running; nothing changed", {"version": running}
         layout = slots.Layout(self.cfg.releases_dir)
         previous = slots.current(layout)
+        pending = slots.load_state(layout).get("probation") if layout.releases.is_dir() else None
+        if pending and pending.get("version") == previous:
+            # its own fallback would be pruned to make room: let it pass (or fail) its probation first
+            raise CommandError(
+                f"release {previous} is still on probation; send the update again once it is confirmed "
+                "(watch for agent_updated)"
+            )
         try:
             trusted = Trusted.load(self.cfg.public_key)
             path = self._fetch(args, layout)
