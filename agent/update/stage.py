@@ -51,8 +51,12 @@ class UpdateStage:
     def start(self) -> UpdateStage:
         if not self.layout.releases.is_dir():
             return self
-        self._report_rollback()
-        probation = slots.load_state(self.layout).get("probation")
+        try:
+            self._report_rollback()
+            probation = slots.load_state(self.layout).get("probation")
+        except (OSError, slots.SlotError) as exc:  # the node runs on; a release on probation then rolls back
+            log.error("cannot use the release state in %s: %s", self.layout.releases, exc)
+            return self
         if probation and probation.get("version") == self.version and self._runs_from(probation["version"]):
             self.probation = probation
             self._thread = threading.Thread(target=self._watch, name="update-probation", daemon=True)

@@ -136,15 +136,15 @@ class AgentUpdater(BackgroundCommand):
         with slots.locked_state(layout) as state:  # first the probation, then the switch (power cuts)
             state["probation"] = probation
             if previous is not None:
-                state.setdefault("good", previous)
+                state["good"] = previous  # running, and not on probation: what a rollback goes back to
         slots.switch(layout, release.version)
         if args.url:
             path.unlink(missing_ok=True)
-        details = {"from": previous or f"{running} (legacy venv)", "to": release.summary(), "slot": str(layout.slot(
-            release.version))}
+        slot = str(layout.slot(release.version))
+        details = {"from": previous or f"{running} (legacy venv)", "to": release.summary(), "slot": slot}
         self._audit().record("agent.update_installed", actor, details)
         return (
-            f"release {release.version} installed in {layout.slot(release.version)}; restarting into it on probation "
+            f"release {release.version} installed in {slot}; restarting into it on probation "
             f"(it must connect and analyse {self.cfg.probation_frames} frames within "
             f"{self.cfg.probation_timeout_s:g} s, or the next start rolls back to {previous or running})",
             {"version": release.version, "from": previous or running, "probation": probation},
