@@ -88,6 +88,7 @@ STAGE_BUILDERS: tuple[str, ...] = (
     "agent.health.stage",  # after uplink (retained status) and tamper; before control and web, which use it
     "agent.detect.thermal",  # slows the detector down while the CPU is hot (shown on the status page)
     "agent.control.stage",
+    "agent.update.stage",  # confirms a new release on probation, reports a rollback (after uplink and health)
     "agent.web.stage",
 )
 

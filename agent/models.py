@@ -8,13 +8,10 @@ the manifest's sha256 before it can be used, and resumes after a cut link.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
 import sys
 import tomllib
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -22,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import agent
+from agent import fetch as fetch_file
 from agent.detect.card import ModelCard, card_path_for, parse_card, sha256_file
 from agent.fsutil import atomic_write
 
@@ -129,7 +127,24 @@ def resolve(spec: str, state_dir: Path | None) -> Path:
         raise ModelError(
             f"model {spec!r} is not installed; run `agent models fetch {spec}` (needs the network or --mirror)"
         )
+    item = entry(spec)
+    if item.sha256 and not _digest_matches(path, item.sha256):
+        raise ModelError(
+            f"{path} is not the {spec} model the manifest names (sha256 differs): a damaged file; "
+            "reinstall the agent or fetch the model again"
+        )
     return path
+
+
+def _digest_matches(path: Path, sha256: str) -> bool:
+    st = path.stat()
+    return _file_digest(str(path), st.st_size, st.st_mtime_ns) == sha256
+
+
+@lru_cache(maxsize=16)
+def _file_digest(path: str, _size: int, _mtime_ns: int) -> str:
+    """sha256 of a model file, remembered while its size and mtime stay the same (checked once per run)."""
+    return sha256_file(Path(path))
 
 
 def _source_url(item: ManifestEntry, mirror: str | None) -> str:
@@ -156,63 +171,20 @@ def download(
     timeout: float = 30.0,
     max_bytes: int = MAX_MODEL_BYTES,
 ) -> Path:
-    """Download `url` to `dest`, resuming a previous partial download, and verify its sha256.
-
-    The data goes to `dest.part` first; only a file with the right digest is renamed into place,
-    so a cut link or a wrong file never replaces a working model. More than `max_bytes` is refused
-    (the state partition also holds the spool).
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": f"vigil-agent/{agent.__version__}"})
-    if have:
-        request.add_header("Range", f"bytes={have}-")
+    """Download a model file to `dest`, resuming a partial download, verified against `sha256`
+    (agent.fetch.download: a cut link or a wrong file never replaces a working model)."""
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            if have and response.status != 206:  # server ignored the range: start again
-                have = 0
-            length = response.headers.get("Content-Length")
-            total = have + int(length) if length is not None else None
-            if total is not None and total > max_bytes:
-                raise ModelError(
-                    f"{url} is {total} bytes, more than the {max_bytes} a model may have; refused"
-                )
-            with part.open("ab" if have else "wb") as out:
-                done = have
-                while chunk := response.read(1 << 16):
-                    done += len(chunk)
-                    if done > max_bytes:
-                        out.close()
-                        part.unlink(missing_ok=True)
-                        raise ModelError(f"{url} sends more than {max_bytes} bytes; refused")
-                    out.write(chunk)
-                    if progress:
-                        progress(done, total)
-                out.flush()
-                os.fsync(out.fileno())
-            if total is not None and done < total:
-                raise ConnectionError(f"connection closed after {done} of {total} bytes")
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and have:  # range beyond the end: what we have may already be complete
-            pass
-        else:
-            raise ModelError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise ModelError(
-            f"cannot download {url}: {reason} (offline? use --mirror URL or {MIRROR_ENV}; "
-            f"{part.stat().st_size if part.exists() else 0} bytes kept for resuming)"
-        ) from None
-    got = sha256_file(part)
-    if got != sha256:
-        bad = part.with_name(part.name + ".rejected")
-        part.replace(bad)
-        raise ModelError(
-            f"download of {url} has sha256 {got}, expected {sha256}; refused (kept as {bad.name})"
+        return fetch_file.download(
+            url,
+            dest,
+            sha256,
+            max_bytes=max_bytes,
+            progress=progress,
+            timeout=timeout,
+            hint=f"offline? use --mirror URL or {MIRROR_ENV}",
         )
-    part.replace(dest)
-    return dest
+    except fetch_file.DownloadError as exc:
+        raise ModelError(str(exc)) from None
 
 
 def fetch(name: str, state_dir: Path, *, mirror: str | None = None, progress: Progress | None = None) -> Path:
@@ -251,6 +223,7 @@ def describe(state_dir: Path | None) -> list[dict[str, Any]]:
         rows.append(
             {
                 "name": item.name,
+                "shipped": item.shipped,
                 "installed": str(path) if path else None,
                 "license": item.license,
                 "size": item.size,

@@ -5,6 +5,8 @@ ca.crt        the fleet CA (verifies the broker)
 node.crt/key  the node's client certificate and key (CN = node id), 0600
 node.json     what was provisioned (hardware, serial, expiry), for the installer and people
 install.sh    installer (install.py: stdlib only, runs on a fresh Raspberry Pi OS)
+vigil_slots.py  release slots and the service's launcher (agent/update/slots.py, stdlib only)
+release-key.pub the fleet's release key: the only key whose releases the node installs
 system/       systemd units, udev rules, journald and watchdog drop-ins
 """
 
@@ -20,11 +22,12 @@ from cryptography import x509
 from agent.config import ConfigError, validate
 from agent.config.loader import deep_merge
 from agent.config.schema import Config
+from agent.update import slots
 from provisioning import units
 from provisioning.errors import ProvisionError
 from provisioning.fleet import FleetSettings
 from provisioning.hardware import AT_LINK, MODEMS, NMEA_LINK, NO_MODEM, camera_source, udev_rules
-from provisioning.install import CONFIG_DIR, STATE_DIR
+from provisioning.install import CONFIG_DIR, SLOTS_MODULE, STATE_DIR
 from provisioning.inventory import NodeSpec
 
 BUNDLE_DIR_MODE = 0o700  # it holds a private key
@@ -120,10 +123,15 @@ def bundle_files(
     cert: x509.Certificate,
     cert_pem: bytes,
     key_pem: bytes,
+    release_key: bytes | None = None,
 ) -> dict[str, tuple[bytes, int]]:
-    """Bundle file name -> (content, mode). Must cover install.BUNDLE_FILES exactly."""
+    """Bundle file name -> (content, mode). Must cover install.BUNDLE_FILES exactly (optional ones when
+    the fleet has them: release-key.pub once `release init-key` made the fleet's release key)."""
     installer = Path(__file__).with_name("install.py").read_bytes()
+    optional = {"release-key.pub": (release_key, 0o644)} if release_key is not None else {}
     return {
+        **optional,
+        SLOTS_MODULE: (Path(slots.__file__).read_bytes(), 0o644),
         "config.toml": (render_config(spec, settings), 0o644),
         "ca.crt": (ca_pem, 0o644),
         "node.crt": (cert_pem, 0o600),

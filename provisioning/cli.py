@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from provisioning import commands, listing
+from provisioning import commands, listing, release_cli
 from provisioning.broker import KINDS as BROKER_KINDS
 from provisioning.broker import MESSAGE_BYTES, NODE_RATE, OUTAGE_S, BrokerOptions
 from provisioning.errors import ProvisionError
@@ -346,13 +346,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", metavar="DIR", help="install into this directory tree instead of /")
     p.add_argument("--agent", metavar="WHEEL|DIR|REQ", help="what to pip-install into the node's venv")
     p.add_argument("--skip-apt", action="store_true")
+    release_cli.add_offline_arguments(p)
     p.set_defaults(func=None)
+    release_cli.register(sub, _fleet_option)
     return parser
 
 
 def _install(args: argparse.Namespace, fleet: Fleet) -> int:
     from provisioning import install
 
+    if args.offline:
+        return release_cli.install_offline(args, fleet)
     bundle = fleet.bundle_dir(args.node)
     if not bundle.is_dir():
         raise ProvisionError(f"no bundle for node {args.node!r} in {fleet.nodes_dir}: run add-node first")

@@ -27,6 +27,7 @@ from provisioning.files import Plan
 from provisioning.fleet import Fleet, FleetSettings, parse_broker_url
 from provisioning.inventory import Inventory, Issued, NodeEntry, NodeSpec
 from provisioning.names import IDENTITY_RULE, is_broker_dir, is_host, is_identity, is_unix_user
+from provisioning.release import public_key_pem
 
 
 @dataclass
@@ -166,6 +167,7 @@ def provision_nodes(
         raise ProvisionError("\n".join(problems))
 
     ca_pem = loaded.fleet.ca_cert.read_bytes()
+    release_key = public_key_pem(loaded.fleet)  # every bundle carries the fleet's release key once it has one
     revoked = loaded.revoked_serials()
     plan = Plan()
     issued_notes: dict[str, str] = {}
@@ -203,7 +205,7 @@ def provision_nodes(
         plan.dir(fleet.nodes_dir, 0o700)
         plan.dir(folder, BUNDLE_DIR_MODE)
         plan.dir(folder / "system", 0o755)
-        files = bundle_files(spec, loaded.settings, ca_pem, leaf.cert, leaf.cert_pem, leaf.key_pem)
+        files = bundle_files(spec, loaded.settings, ca_pem, leaf.cert, leaf.cert_pem, leaf.key_pem, release_key)
         for name, (data, mode) in files.items():
             plan.file(spec.id, folder / name, data, mode)
     if problems:  # nothing has been written yet

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -25,6 +26,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 USER = "vigil"
 CONFIG_DIR = "/etc/vigil"
@@ -36,6 +38,13 @@ SERVICE = "vigil-agent.service"
 FIRSTBOOT_SERVICE = "vigil-firstboot.service"
 PLAN_FILE = "/etc/vigil/install-plan.txt"
 AGENT_MARKER = "/opt/vigil/venv/.vigil-agent-source"
+# Release slots (agent.update.slots): the launcher starts the current one and rolls back a failed update.
+RELEASES_DIR = "/opt/vigil/releases"
+LIB_DIR = "/opt/vigil/lib"
+LAUNCHER = "/opt/vigil/launch"
+FIRSTBOOT = "/opt/vigil/firstboot"
+CURRENT_LINK = "/opt/vigil/current"
+SLOTS_MODULE = "vigil_slots.py"
 # camera (video, dma_heap), serial ports of the modem (dialout), modem power/reset lines (gpio)
 EXTRA_GROUPS = ("video", "dialout", "gpio")
 BASE_PACKAGES = ("python3", "python3-venv", "python3-numpy", "ca-certificates", "fake-hwclock")
@@ -55,6 +64,7 @@ class BundleFile:
     group: str = "root"
     system_path: str | None = None
     restarts_agent: bool = True
+    optional: bool = False  # only in bundles of fleets that have it (release-key.pub before `release init-key`)
 
 
 BUNDLE_FILES: tuple[BundleFile, ...] = (
@@ -65,6 +75,8 @@ BUNDLE_FILES: tuple[BundleFile, ...] = (
     BundleFile("node.json", restarts_agent=False),
     BundleFile("install.py", 0o755, restarts_agent=False),
     BundleFile("install.sh", 0o755, restarts_agent=False),
+    BundleFile(SLOTS_MODULE, system_path=f"{LIB_DIR}/{SLOTS_MODULE}", restarts_agent=False),
+    BundleFile("release-key.pub", restarts_agent=False, optional=True),
     BundleFile("system/vigil-agent.service", system_path=f"/etc/systemd/system/{SERVICE}"),
     BundleFile(
         "system/vigil-firstboot.service",
@@ -113,6 +125,9 @@ class Runner:
             return subprocess.run(list(argv), capture_output=True).returncode == 0
         except FileNotFoundError:
             return False
+
+    def systemd_running(self) -> bool:
+        return Path("/run/systemd/system").is_dir()
 
 
 # -- small file helpers (stdlib only: this file runs without the provisioning package) --------------
@@ -214,6 +229,7 @@ class Installer:
     live: bool
     agent_spec: str | None = None
     skip_apt: bool = False
+    offline: bool = False  # the agent comes from a release staged in /opt/vigil/releases; no apt, no index
     runner: Runner = field(default_factory=Runner)
     report: Report = field(default_factory=Report)
 
@@ -229,14 +245,15 @@ class Installer:
         uid, gid = self.system_user()
         self.directories(uid, gid)
         touched = self.bundle_files(uid, gid)
+        touched |= self.launcher()
         self.boot_watchdog()
-        agent_changed = self.venv_and_agent()
+        agent_changed = self.release_slot() if self.offline else self.venv_and_agent()
         self.services(touched, agent_changed)
         self.plan()
         return self.report
 
     def read_bundle(self) -> dict[str, object]:
-        missing = [f.name for f in BUNDLE_FILES if not (self.bundle / f.name).is_file()]
+        missing = [f.name for f in BUNDLE_FILES if not f.optional and not (self.bundle / f.name).is_file()]
         if missing:
             raise InstallError(f"{self.bundle} is not a complete node bundle (missing {', '.join(missing)})")
         try:
@@ -253,6 +270,9 @@ class Installer:
             wanted += CAMERA_PACKAGES
         missing = [p for p in wanted if p not in dpkg_installed(self.root)]
         if not missing or self.skip_apt:
+            return
+        if self.offline:
+            self.offline_packages(missing)
             return
         if not self.live:
             self.report.pending.append("apt-get install -y --no-install-recommends " + " ".join(missing))
@@ -341,6 +361,8 @@ class Installer:
             (CONFIG_DIR, 0o750, (0, gid)),
             (STATE_DIR, 0o750, (uid, gid)),
             (OPT_DIR, 0o755, (0, 0)),
+            (LIB_DIR, 0o755, (0, 0)),
+            (RELEASES_DIR, 0o755, (uid, gid)),  # the agent installs updates here (and nowhere else in /opt)
         ):
             target = self.target(path)
             changed = not target.is_dir()
@@ -358,6 +380,8 @@ class Installer:
         gids = {"root": 0, USER: gid}
         touched: set[str] = set()
         for spec in BUNDLE_FILES:
+            if spec.optional and not (self.bundle / spec.name).is_file():
+                continue
             data = (self.bundle / spec.name).read_bytes()
             for dest in filter(None, (f"{CONFIG_DIR}/{spec.name}", spec.system_path)):
                 if self._place(dest, data, spec.mode, ids[spec.owner], gids[spec.group]):
@@ -392,6 +416,80 @@ class Installer:
                 self.report.notes.append(note)
             return False
         os.chown(path, uid, gid)
+        return True
+
+    def slots(self) -> ModuleType:
+        """The release-slot module the bundle carries (agent/update/slots.py): stdlib only, like this file."""
+        path = self.bundle / SLOTS_MODULE
+        spec = importlib.util.spec_from_file_location("vigil_slots", path)
+        if spec is None or spec.loader is None or not path.is_file():
+            raise InstallError(f"{path} is missing: the bundle is incomplete")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    def launcher(self) -> set[str]:
+        """/opt/vigil/launch (the service's ExecStart), /opt/vigil/firstboot and /opt/vigil/current."""
+        touched: set[str] = set()
+        script = self.slots().launcher_script(LIB_DIR).encode()
+        if self._place(LAUNCHER, script, 0o755, 0, 0):
+            touched.add("launcher")
+        flags = " --offline" if self.offline else ""
+        firstboot = (
+            "#!/bin/sh\n"
+            "# Finishes a Vigil install prepared with --root (vigil-firstboot.service runs it; it also works\n"
+            "# by hand, e.g. `chroot ROOT /opt/vigil/firstboot`). Safe to run again.\n"
+            f'exec /usr/bin/python3 {CONFIG_DIR}/install.py --bundle {CONFIG_DIR}{flags} "$@"\n'
+        )
+        self._place(FIRSTBOOT, firstboot.encode(), 0o755, 0, 0)
+        link = self.target(CURRENT_LINK)
+        if not (link.is_symlink() and os.readlink(link) == "releases/current"):
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
+            link.symlink_to("releases/current")
+            self.report.change(f"{CURRENT_LINK} -> releases/current")
+        return touched
+
+    def offline_packages(self, missing: list[str]) -> None:
+        """An offline install cannot fetch Debian packages: it says what is absent and what follows."""
+        if "python3-venv" in missing or "python3" in missing:
+            raise InstallError(
+                f"{' and '.join(p for p in missing if p in ('python3', 'python3-venv'))} missing in the image: an "
+                "offline install builds the agent's venv with them; install them into the image first "
+                "(chroot ROOT apt-get install python3-venv)"
+            )
+        for name in missing:
+            why = {
+                "python3-picamera2": "the camera module cannot be opened until it is installed (Raspberry Pi archive: "
+                "apt install python3-picamera2); the agent runs meanwhile and reports camera_lost",
+                "fake-hwclock": "the clock starts in 1970 after a power cut until NTP or GNSS sets it",
+                "ca-certificates": "only the fleet CA is trusted (enough for the broker)",
+                "python3-numpy": "not needed: numpy comes from the release's wheelhouse",
+            }.get(name, "not carried by an offline bundle")
+            self.report.notes.append(f"{name} is not in the image: {why}")
+
+    def release_slot(self) -> bool:
+        """Offline: the release staged in /opt/vigil/releases gets its venv (first boot) or is planned."""
+        slots = self.slots()
+        layout = slots.Layout(self.target(RELEASES_DIR))
+        staged = slots.staged_versions(layout)
+        if not staged:
+            if slots.current(layout) is None:
+                raise InstallError(
+                    f"no release in {RELEASES_DIR}: an offline install needs one (vigil-provision install --offline)"
+                )
+            return False
+        version = staged[-1]
+        if not self.live:
+            self.report.pending.append(
+                f"build the venv of release {version} in {RELEASES_DIR}/{version} from its wheelhouse (no network)"
+            )
+            return False
+        try:
+            slots.install_staged(layout, version, sys.executable, lambda line: print("  " + line, flush=True))
+        except slots.SlotError as exc:
+            raise InstallError(str(exc)) from None
+        self.report.change(f"release {version} installed in {RELEASES_DIR}/{version} (venv from its wheelhouse)")
         return True
 
     def boot_watchdog(self) -> None:
@@ -484,6 +582,11 @@ class Installer:
                 firstboot = self.target(f"/etc/systemd/system/multi-user.target.wants/{FIRSTBOOT_SERVICE}")
                 self._symlink(firstboot, f"/etc/systemd/system/{FIRSTBOOT_SERVICE}")
             return
+        if not self.runner.systemd_running():
+            # e.g. `chroot ROOT /opt/vigil/firstboot`: enable by symlink, the next boot starts everything
+            self._symlink(enabled, f"/etc/systemd/system/{SERVICE}")
+            self.report.notes.append("systemd is not running here (a chroot?): the agent starts at the next boot")
+            return
         run = self.runner.run
         if touched & {"system/vigil-agent.service", "system/vigil-firstboot.service"}:
             run(["systemctl", "daemon-reload"])
@@ -526,7 +629,7 @@ class Installer:
             return
         text = (
             "# Steps the Vigil installer could not do in an offline tree; vigil-firstboot.service runs\n"
-            f"# `python3 {CONFIG_DIR}/install.py --bundle {CONFIG_DIR}` on first boot to do them:\n"
+            f"# {FIRSTBOOT} on first boot to do them:\n"
             + "".join(f"{step}\n" for step in self.report.pending)
         )
         self._place(PLAN_FILE, text.encode(), 0o644, 0, 0)
@@ -563,6 +666,11 @@ def main(argv: Sequence[str] | None = None, runner: Runner | None = None) -> int
         "else the checkout this script belongs to)",
     )
     parser.add_argument("--skip-apt", action="store_true", help="do not install apt packages")
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="install the agent from the release staged in /opt/vigil/releases (no apt, no package index)",
+    )
     args = parser.parse_args(argv)
     root = args.root.resolve() if args.root else Path("/")
     try:
@@ -574,6 +682,7 @@ def main(argv: Sequence[str] | None = None, runner: Runner | None = None) -> int
             live=args.root is None,
             agent_spec=args.agent,
             skip_apt=args.skip_apt,
+            offline=args.offline,
             runner=runner or Runner(),
         )
         report = installer.run()

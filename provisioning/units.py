@@ -3,7 +3,16 @@ watchdog drop-ins. Paths come from install.py so the installer and the bundle al
 
 from __future__ import annotations
 
-from provisioning.install import CONFIG_DIR, FIRSTBOOT_SERVICE, PLAN_FILE, SERVICE, USER, VENV_DIR
+from provisioning.install import (
+    CONFIG_DIR,
+    FIRSTBOOT,
+    FIRSTBOOT_SERVICE,
+    LAUNCHER,
+    PLAN_FILE,
+    RELEASES_DIR,
+    SERVICE,
+    USER,
+)
 
 # The agent pings from its analysis loop at half this interval; a Pi 4 running YOLOX-Nano analyses
 # a frame in well under a second, so a minute without a ping means the loop is stuck.
@@ -30,7 +39,8 @@ StartLimitIntervalSec=0
 [Service]
 Type=notify
 NotifyAccess=main
-ExecStart={VENV_DIR}/bin/agent --config {CONFIG_DIR}/config.toml
+# The launcher starts the current release (rolling back one that failed its probation).
+ExecStart={LAUNCHER} --config {CONFIG_DIR}/config.toml
 User={USER}
 Group={USER}
 Restart=always
@@ -74,7 +84,9 @@ ProtectProc=invisible
 ProcSubset=pid
 NoNewPrivileges=yes
 ProtectSystem=strict
-# (StateDirectory= keeps /var/lib/vigil writable under ProtectSystem=strict.)
+# (StateDirectory= keeps /var/lib/vigil writable under ProtectSystem=strict.) Agent updates install
+# new releases next to the running one; nothing else under /opt is writable.
+ReadWritePaths={RELEASES_DIR}
 ProtectHome=yes
 PrivateTmp=yes
 PrivateMounts=yes
@@ -102,7 +114,8 @@ WantedBy=multi-user.target
 
 
 def firstboot_unit() -> str:
-    """Finishes an install prepared offline with --root (apt, venv, agent) once the node has a network."""
+    """Finishes an install prepared with --root: the agent's venv from the staged release (--offline: no
+    network needed), or apt and pip once the node has a network."""
     return f"""\
 # Finishes a Vigil install prepared offline (vigil-provision install --root / install.sh --root).
 [Unit]
@@ -114,7 +127,7 @@ Before={SERVICE}
 
 [Service]
 Type=oneshot
-ExecStart=/usr/bin/python3 {CONFIG_DIR}/install.py --bundle {CONFIG_DIR}
+ExecStart={FIRSTBOOT}
 RemainAfterExit=yes
 TimeoutStartSec=3600
 # No network yet (LTE still registering): try again rather than leave the node half installed.

@@ -132,16 +132,18 @@ class Operator:
 
     def request(self, command: str, args: dict[str, Any] | None = None, *, timeout: float = 20.0,
                 **envelope: Any) -> dict[str, Any]:
-        """Send a well-formed request and return its reply (matched by id)."""
+        """Send a well-formed request and return its reply (matched by id; "progress" replies are skipped)."""
         request_id = envelope.pop("id", None) or uuid.uuid4().hex[:16]
         body = {"id": request_id, **({"args": args} if args is not None else {}), **envelope}
-        before = len([r for r in self.replies() if r.get("id") == request_id])
+
+        def final(messages: list) -> list[dict[str, Any]]:
+            return [r for r in self._parsed(messages) if r.get("id") == request_id and r.get("status") != "progress"]
+
+        before = len(final(self.sub.snapshot()))
         self.publish(command, json.dumps(body).encode())
-        ok = self.sub.wait_for(
-            lambda ms: len([r for r in self._parsed(ms) if r.get("id") == request_id]) > before, timeout
-        )
+        ok = self.sub.wait_for(lambda ms: len(final(ms)) > before, timeout)
         assert ok, f"no reply to {command} {request_id} within {timeout}s"
-        return [r for r in self.replies() if r.get("id") == request_id][-1]
+        return final(self.sub.snapshot())[-1]
 
     def raw(self, command: str, payload: bytes, *, timeout: float = 20.0) -> dict[str, Any]:
         """Send any payload and return the next reply to this command (for requests without a usable id)."""

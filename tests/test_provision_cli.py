@@ -151,8 +151,9 @@ def test_bundle_has_a_valid_agent_config_certificates_and_system_files(fleet: Pa
         "WatchdogSec=60",
         "StateDirectory=vigil",
         "User=vigil",
-        "ExecStart=/opt/vigil/venv/bin/agent --config /etc/vigil/config.toml",
+        "ExecStart=/opt/vigil/launch --config /etc/vigil/config.toml",  # the current release (agent/update)
         "ProtectSystem=strict",
+        "ReadWritePaths=/opt/vigil/releases",  # the one place under /opt an update may write
         "NoNewPrivileges=yes",
         "WantedBy=multi-user.target",
     ):

@@ -21,7 +21,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     for row in rows:
-        state = f"installed at {row['installed']}" if row["installed"] else "not installed"
+        if row["installed"] and row["shipped"]:
+            state = f"shipped with Vigil ({row['installed']})"
+        elif row["installed"]:
+            state = f"installed at {row['installed']}"
+        else:
+            state = "not installed (`agent models fetch NAME`)"
         size = f", {row['size'] / 1e6:.1f} MB" if row["size"] else ""
         print(f"{row['name']:<14} {state}{size}\n  {row['description']}\n  licence: {row['license']}")
     return 0

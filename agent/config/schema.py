@@ -17,6 +17,7 @@ from agent.config.control import ControlConfig, HealthConfig, HttpConfig, Teleme
 from agent.config.modem import GnssConfig, ModemConfig
 from agent.config.privacy import PrivacyConfig
 from agent.config.rules import RulesConfig, TamperConfig
+from agent.config.update import UpdateConfig
 
 NODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
@@ -360,6 +361,7 @@ class Config(Section):
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
+    update: UpdateConfig = Field(default_factory=UpdateConfig)
 
     @model_validator(mode="after")
     def _reconnect_order(self) -> Config:

@@ -27,12 +27,16 @@ Result = tuple[str, dict[str, Any]] | None
 ReplyFn = Callable[[bool, str, dict[str, Any] | None], None]
 
 
+ProgressFn = Callable[[str, dict[str, Any]], None]
+
+
 @dataclass(frozen=True)
 class Context:
     request_id: str | None
     command: str
     actor: str
     reply: ReplyFn  # for commands that answer later
+    progress: ProgressFn | None = None  # interim "progress" replies of long commands
 
 
 class NoArgs(Strict):
@@ -60,6 +64,22 @@ class ModelUpdateArgs(Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelUpdateArgs:
+        if (self.url is None) == (self.path is None):
+            raise ValueError("give exactly one of url or path")
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError("url must be http:// or https://")
+        return self
+
+
+class AgentUpdateArgs(Strict):
+    url: str | None = Field(default=None, max_length=2048)
+    path: str | None = Field(default=None, max_length=1024)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Of the release file.")
+    version: str = Field(pattern=r"^[0-9][0-9A-Za-z.+_-]{0,63}$", description="The release's version.")
+    force: bool = Field(default=False, description="Allow a downgrade.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AgentUpdateArgs:
         if (self.url is None) == (self.path is None):
             raise ValueError("give exactly one of url or path")
         if self.url is not None and not self.url.startswith(("http://", "https://")):
@@ -113,6 +133,13 @@ def model_update(stage: ControlStage, ctx: Context, args: ModelUpdateArgs) -> Re
     return None
 
 
+def agent_update(stage: ControlStage, ctx: Context, args: AgentUpdateArgs) -> Result:
+    if not stage.agent.config.update.enabled:
+        raise CommandError("agent updates are off on this node (update.enabled = false)")
+    stage.releases.start(args, ctx.actor, ctx.reply, ctx.progress)
+    return None
+
+
 def modem_reset(stage: ControlStage, ctx: Context, args: NoArgs) -> Result:
     modem = stage.running.extras.get("modem")
     supervisor = getattr(modem, "supervisor", None)
@@ -145,6 +172,7 @@ COMMANDS: dict[str, Command] = {
     "config/get": Command(ConfigGetArgs, config_get, "the effective configuration"),
     "config/set": Command(ConfigSetArgs, config_set, "change tunable settings live, persisted"),
     "model/update": Command(ModelUpdateArgs, model_update, "fetch, verify and swap the detector model"),
+    "agent/update": Command(AgentUpdateArgs, agent_update, "install a signed release, restart into it on probation"),
     "modem/reset": Command(NoArgs, modem_reset, "reboot the LTE modem"),
     "restart": Command(RestartArgs, restart, "exit cleanly for systemd to restart the agent"),
 }

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from agent import models
+from agent.control.jobs import BackgroundCommand, Cancelled
 from agent.control.live import apply_detect
 from agent.control.protocol import CommandError
 from agent.detect import CardError, Detection, Detector
@@ -40,13 +41,6 @@ if TYPE_CHECKING:
     from agent.privacy import AuditLog
 
 log = logging.getLogger(__name__)
-
-Reply = Callable[[bool, str, dict[str, Any] | None], None]
-
-
-class Cancelled(Exception):
-    pass
-
 
 class ProbationDetector(Detector):
     """Runs the new model and counts what it does; after its first exception it answers with the
@@ -94,7 +88,11 @@ class ProbationDetector(Detector):
         return self.inner.info()
 
 
-class ModelUpdater:
+class ModelUpdater(BackgroundCommand):
+    what = "model update"
+    keeps = "the previous model stays"
+    thread_name = "model-update"
+
     def __init__(
         self,
         agent: Agent,
@@ -103,59 +101,18 @@ class ModelUpdater:
         store: ConfigStore,
         audit: Callable[[], AuditLog],
     ) -> None:
+        super().__init__()
         self.agent = agent
         self.running = running
         self.tap = tap
         self.store = store
         self._audit = audit
-        self._thread: threading.Thread | None = None
-        self._cancel = threading.Event()
-        self._lock = threading.Lock()
-        self.last: dict[str, Any] | None = None
 
-    @property
-    def busy(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def start(self, args: Any, actor: str, reply: Reply) -> None:
-        """Run one update in the background; CommandError at once if one is already running."""
-        with self._lock:
-            if self.busy:
-                raise CommandError("a model update is already in progress; wait for its reply")
-            self._cancel.clear()
-            self._thread = threading.Thread(
-                target=self._run, args=(args, actor, reply), name="model-update", daemon=True
-            )
-            self._thread.start()
-
-    def stop(self, timeout: float = 2.0) -> None:
-        self._cancel.set()
-        thread = self._thread
-        if thread is not None:
-            guard = getattr(self.running.pipeline.detector, "changed", None)
-            if guard is not None:
-                with guard:
-                    guard.notify_all()
-            thread.join(timeout)
-
-    def _run(self, args: Any, actor: str, reply: Reply) -> None:
-        started = time.monotonic()
-        try:
-            message, data = self._update(args, actor)
-        except CommandError as exc:
-            self.last = {"ok": False, "message": str(exc)}
-            reply(False, str(exc), exc.data or None)
-        except Cancelled:
-            self.last = {"ok": False, "message": "cancelled: the agent is stopping"}
-            reply(False, "model update cancelled: the agent is stopping; the previous model stays", None)
-        except Exception as exc:  # never let an update take the agent down
-            log.exception("model update failed")
-            self.last = {"ok": False, "message": str(exc)}
-            reply(False, f"model update failed ({type(exc).__name__}: {exc}); the previous model stays", None)
-        else:
-            self.last = {"ok": True, "message": message, **data}
-            data["seconds"] = round(time.monotonic() - started, 1)
-            reply(True, message, data)
+    def wake(self) -> None:
+        guard = getattr(self.running.pipeline.detector, "changed", None)
+        if guard is not None:
+            with guard:
+                guard.notify_all()
 
     # -- the steps ----------------------------------------------------------------------------------
     def _fetch(self, args: Any) -> Path:
@@ -167,7 +124,7 @@ class ModelUpdater:
         if args.url:
 
             def progress(_done: int, _total: int | None) -> None:
-                if self._cancel.is_set():
+                if self.cancelled:
                     raise Cancelled
 
             try:
@@ -225,7 +182,7 @@ class ModelUpdater:
                 ) from None
         return detector
 
-    def _update(self, args: Any, actor: str) -> tuple[str, dict[str, Any]]:
+    def work(self, args: Any, actor: str) -> tuple[str, dict[str, Any]]:
         self._audit().record(
             "model.update_requested", actor, {"url": args.url, "path": args.path, "sha256": args.sha256}
         )
@@ -233,7 +190,7 @@ class ModelUpdater:
         if running_model.sha256 == args.sha256:
             return "this model is already running; nothing changed", {"model": running_model.info()}
         dest = self._fetch(args)
-        if self._cancel.is_set():
+        if self.cancelled:
             raise Cancelled
         self._card(args, dest)
         new = self._load(dest)
@@ -288,7 +245,7 @@ class ModelUpdater:
         deadline = time.monotonic() + self.agent.config.control.model_probation_timeout_s
         with guard.changed:
             while guard.error is None and guard.runs < runs:
-                if self._cancel.is_set():
+                if self.cancelled:
                     break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -296,7 +253,7 @@ class ModelUpdater:
                 guard.changed.wait(min(remaining, 0.5))
         if guard.error is not None:
             return f"the new model failed on a frame ({guard.error})"
-        if self._cancel.is_set():
+        if self.cancelled:
             return "the agent is stopping before the new model finished its probation"
         if guard.runs == 0:
             return "the new model was never run (no frames) before model_probation_timeout_s"

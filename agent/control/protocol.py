@@ -10,10 +10,11 @@ refused. Reply, on ``{prefix}/{node}/cmd_result``::
 
     {"id": "op-42", "command": "ping", "status": "ok", "message": "pong", "data": {...}, ...}
 
-`status` is "ok" or "error"; `message` is for people. A request that cannot be parsed gets a reply
-with `"id": null`. Request ids are remembered (across restarts) so a replayed or duplicated request
-(QoS 1 delivers at least once; a retained command would come back on every connect) is refused
-instead of being run twice.
+`status` is "ok" or "error"; long commands (`agent/update`) may first send replies with status
+"progress" and the same id (how far a download got); `message` is for people. A request that
+cannot be parsed gets a reply with `"id": null`. Request ids are remembered (across restarts) so a
+replayed or duplicated request (QoS 1 delivers at least once; a retained command would come back on
+every connect) is refused instead of being run twice.
 """
 
 from __future__ import annotations
@@ -138,11 +139,13 @@ def reply(
     data: dict[str, Any] | None = None,
     *,
     node: str,
+    progress: bool = False,
 ) -> bytes:
+    """The reply body; `progress` marks an interim report of a long command (its final reply follows)."""
     body: dict[str, Any] = {
         "id": request_id,
         "command": command,
-        "status": "ok" if ok else "error",
+        "status": "progress" if progress else "ok" if ok else "error",
         "message": message,
         "node": node,
         "ts": rfc3339(time.time()),

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from agent.control.commands import COMMANDS, Context, ReplyFn
+from agent.control.commands import COMMANDS, Context, ProgressFn, ReplyFn
 from agent.control.live import LiveConfig
 from agent.control.model_update import ModelUpdater
 from agent.control.persist import ConfigStore
@@ -36,6 +36,7 @@ from agent.control.protocol import (
 from agent.control.snapshot import Snapshotter
 from agent.events.record import normalise
 from agent.events.thumbs import LabelledBox
+from agent.update.updater import AgentUpdater
 from agent.uplink.spool import Outgoing, Priority
 
 if TYPE_CHECKING:
@@ -76,6 +77,7 @@ class ControlStage:
         self.store = ConfigStore(agent.options.config_path, running.state_dir)
         self.live = LiveConfig(agent, running, self.store, lambda: health.privacy.audit)
         self.models = ModelUpdater(agent, running, health.tap, self.store, lambda: health.privacy.audit)
+        self.releases = AgentUpdater(agent, running, lambda: health.privacy.audit, self.exit_for_restart)
         self.snapshots = Snapshotter(agent, running, health)
         self.seen = SeenIds(running.state_dir / "control" / "request-ids.json", cfg.remember_ids)
         self.counts = {"received": 0, "ok": 0, "error": 0, "busy": 0, "oversized": 0, "rule_snapshots": 0}
@@ -97,6 +99,7 @@ class ControlStage:
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
         self.models.stop(timeout)
+        self.releases.stop(timeout)
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -168,7 +171,8 @@ class ControlStage:
             except ValidationError as exc:
                 raise CommandError(f"bad args: {describe_validation(exc, 'args.')}") from None
             actor = f"mqtt:cmd/{job.command} id={envelope.id}" + (f" by {envelope.actor}" if envelope.actor else "")
-            ctx = Context(envelope.id, job.command, actor, self._replier(envelope.id, job.command))
+            ctx = Context(envelope.id, job.command, actor, self._replier(envelope.id, job.command),
+                          self._progress(envelope.id, job.command))
             result = command.run(self, ctx, args)
         except CommandError as exc:
             self._send(request_id if request_id is not None else salvage_id(job.payload), job.command, False,
@@ -188,13 +192,27 @@ class ControlStage:
 
         return send
 
+    def _progress(self, request_id: str, command: str) -> ProgressFn:
+        def send(message: str, data: dict[str, Any]) -> None:
+            self._send(request_id, command, True, message, data, progress=True)
+
+        return send
+
     def _send(
-        self, request_id: str | None, command: str, ok: bool, message: str, data: dict[str, Any] | None = None
+        self,
+        request_id: str | None,
+        command: str,
+        ok: bool,
+        message: str,
+        data: dict[str, Any] | None = None,
+        *,
+        progress: bool = False,
     ) -> bool:
-        self._count("ok" if ok else "error")
+        if not progress:
+            self._count("ok" if ok else "error")
         if not ok:
             log.warning("cmd/%s %s: %s", command, request_id, message)
-        body = reply(request_id, command, ok, message, data, node=self.agent.config.node.id)
+        body = reply(request_id, command, ok, message, data, node=self.agent.config.node.id, progress=progress)
         # bytes, not a dict: the spool would otherwise replace `id` with its own record id
         record = Outgoing(REPLY_STREAM, Priority.CRITICAL, REPLY_STREAM, body, sequenced=False)
         accepted = self.running.spool.accept([record])
@@ -222,9 +240,15 @@ class ControlStage:
 
         ctx.reply(True, f"restarting ({reason}): the agent exits with code {EXIT_RESTART}; systemd starts it again",
                   {"exit_code": EXIT_RESTART})
+        self.exit_for_restart(ctx.actor, reason)
+
+    def exit_for_restart(self, actor: str, reason: str) -> None:
+        """Stop cleanly with EXIT_RESTART once queued replies had a chance to leave (restart, agent/update)."""
+        from agent.app import EXIT_RESTART
+
         self.running.spool.flush(RESTART_GRACE_S)
         self.running.spool.wait_drained(RESTART_GRACE_S)  # the reply reaches the broker, unless the link is down
-        log.warning("restart requested by %s (%s); exiting with code %d", ctx.actor, reason, EXIT_RESTART)
+        log.warning("restart requested by %s (%s); exiting with code %d", actor, reason, EXIT_RESTART)
         self.agent.exit_code = EXIT_RESTART
         self.agent.stop_event.set()
 
@@ -233,6 +257,7 @@ class ControlStage:
             "commands": dict(self.counts),
             "queued": self.queue.qsize(),
             "model_update": {"busy": self.models.busy, "last": self.models.last},
+            "agent_update": {"busy": self.releases.busy, "last": self.releases.last},
             "snapshots": {"sent": self.snapshots.sent, "refused": self.snapshots.refused},
             "persist_to": str(self.store.target),
         }
