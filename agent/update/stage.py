@@ -120,6 +120,11 @@ class UpdateStage:
                 return
             if time.monotonic() > deadline:
                 what = "did not connect to the broker" if not connected else f"analysed only {frames} frames"
+                camera = self.running.capture.snapshot()
+                if frames < needed and camera.state != "streaming":
+                    # a camera that is away fails the probation too (the release cannot show it analyses),
+                    # and the reason says so: the operator retries once the camera is back
+                    what += f" (the camera was {camera.state}: {camera.reason or 'no reason given'})"
                 self._fail(
                     f"release {self.version} {what} within {timeout:g} s (connected: {'yes' if connected else 'no'}, "
                     f"frames analysed: {frames} of {needed})"
