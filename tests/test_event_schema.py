@@ -35,6 +35,15 @@ V1_RECORD: dict[str, Any] = {
 }  # fmt: skip
 
 
+def documented_expand() -> Any:
+    """The `expand()` docs/events.md gives consumers, taken from the page itself."""
+    page = (ROOT / "docs" / "events.md").read_text()
+    code = page.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(code, namespace)
+    return namespace["expand"]
+
+
 def restore(record: dict[str, Any], topic: str) -> dict[str, Any]:
     """A consumer's reconstruction of the vigil.event/1 record from what arrived on `topic`."""
     if record["schema"] == "vigil.event/1":
@@ -79,6 +88,7 @@ def test_the_schema_accepts_both_revisions_and_keeps_vigil_event_1_complete(vali
     assert errors(validator, {k: v for k, v in compact.items() if k != "seq"})
     # the documented defaults give back the record
     assert restore(compact, "vigil/sim-node/events") == {**V1_RECORD, "schema": "vigil.event/1"}
+    assert documented_expand()(compact, "vigil/sim-node/events") == {**V1_RECORD, "schema": "vigil.event/1"}
 
 
 def shape(record: dict[str, Any]) -> dict[str, Any]:
@@ -130,6 +140,7 @@ def test_agent_records_in_both_revisions_validate_and_1_1_restores_to_1(tmp_path
         assert not errors(validator, new), new
         assert new["schema"] == "vigil.event/1.1" and "node" not in new and "priority" not in new
         assert shape(restore(new, message.topic)) == shape(old)
+        assert documented_expand()(new, message.topic) == restore(new, message.topic)  # the docs agree
         compact_bytes += len(message.payload)
         full_bytes += len(json.dumps(old, separators=(",", ":"), ensure_ascii=False))
     assert compact_bytes < 0.9 * full_bytes, (compact_bytes, full_bytes)
