@@ -133,12 +133,12 @@ def _fields(schema: dict[str, Any], schema_id: str) -> list[dict[str, str]]:
     """One row per field of the record, saying whether the configured revision always sends it. Leaving
     a field out never withholds information: its absence stands for the value given here."""
     required = _required(schema, schema_id)
-    compact = schema_id != "vigil.event/1"
+    compact = schema_id != wire.SCHEMA_V1
     rows = []
     for name, spec in schema["properties"].items():
         sent = "always" if name in required else "when it applies"
-        if compact and (rule := _left_out_when(spec)):
-            sent = rule if name not in required else sent
+        if compact and name not in required and (rule := _left_out_when(spec)):
+            sent = rule
         rows.append(
             {
                 "field": name,
