@@ -247,7 +247,7 @@ def test_a_record_over_the_brokers_size_limit_is_dropped_as_refused_mqtt5(tmp_pa
     collector = Collector(broker.url, [f"vigil/{NODE}/#"], protocol="5")
     state = tmp_path / "state"
     try:
-        harness = run_to_the_end(state, broker.url, "5", drain_s=20)
+        harness = run_to_the_end(state, broker.url, "5", drain_s=10)
         committed = {r["id"]: r for r in harness.records if r["stream"] == "events"}
         sizes = [e["thumb"]["bytes"] for e in committed.values() if e.get("thumb")]
         too_big = [size for size in sizes if size > 3000]
