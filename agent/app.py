@@ -263,13 +263,13 @@ class Agent:
             # consumers will see seq jump (or restart); this event tells them why
             body = factory.base("spool_recovered", None, priority="critical")
             body["reason"] = f"spool was unreadable and was moved aside to {spool.recovered_from.name}"
-            EventEmitter(spool).emit(body)
+            EventEmitter(spool, cfg.events.schema_revision).emit(body)
         pipeline = Pipeline(
             detector=detector,
             gate=MotionGate(cfg.motion),
             tracker=Tracker.from_config(cfg.track),
             factory=factory,
-            emitter=EventEmitter(spool),
+            emitter=EventEmitter(spool, cfg.events.schema_revision),
             events_cfg=cfg.events,
         )
         capture = CaptureStage(

@@ -12,8 +12,11 @@ a byte-counting link. Counted:
 - telemetry is not an event cost; its daily volume is reported separately (one record a minute).
 
 The yardstick is the clip encoded by Debian's ffmpeg with libx264 ``-preset veryfast -crf 23``
-(what a node streaming this view would send). Two runs: thumbnails on (the default) and metadata
-only (``events.thumbnails = false``). Goals: ≤ 2 % with thumbnails, ≤ 0.2 % metadata only.
+(what a node streaming this view would send). Three runs: thumbnails on (the default), metadata only
+(``events.thumbnails = false``), and metadata only as complete ``vigil.event/1`` records
+(``events.schema_revision = "1"``; the default is the compact revision 1.1, docs/events.md), so the
+saving of the compact records is measured side by side. Goals: ≤ 2 % with thumbnails, ≤ 0.2 % metadata
+only.
 
     .venv/bin/python bench/economy.py [--record-trace bench/traces/clip.json]
 
@@ -68,21 +71,11 @@ def tally(run: AgentRun) -> dict[str, Any]:
         "mean_event_bytes": round(sum(len(m.payload) for m in events) / max(1, len(events))),
         "mean_thumb_bytes": round(sum(len(m.payload) for m in thumbs) / max(1, len(thumbs))),
         "telemetry_record_bytes": max((len(m.payload) for m in telemetry), default=None),
+        "schema": sorted({b.get("schema", "?") for b in bodies}),
         "wire_up_bytes": run.wire_up,
         "wire_down_bytes": run.wire_down,
         "redaction": sorted({r for b in bodies for r in ((b.get("thumb") or {}).get("redaction") or [])}),
     }
-
-
-def compact(body: dict[str, Any]) -> dict[str, Any]:
-    """What-if projection (not what the agent sends): the same event without null fields, without
-    the default priority and the per-event boot id, and with a 16-hex model hash."""
-    out = {k: v for k, v in body.items() if v is not None and not (k == "priority" and v == "normal")}
-    if isinstance(out.get("clock"), dict):
-        out["clock"] = {k: v for k, v in out["clock"].items() if k != "boot"}
-    if isinstance(out.get("model"), dict) and "sha256" in out["model"]:
-        out["model"] = {**out["model"], "sha256": out["model"]["sha256"][:16]}
-    return out
 
 
 def trace(run: AgentRun, duration_s: float) -> dict[str, Any]:
@@ -118,13 +111,18 @@ def main() -> None:
         broker = Mosquitto(folder / "broker").start()
         try:
             runs = {}
-            for name, thumbnails in (("with_thumbnails", True), ("metadata_only", False)):
+            variants = (
+                ("with_thumbnails", {"thumbnails": True}),
+                ("metadata_only", {"thumbnails": False}),
+                ("metadata_only_v1", {"thumbnails": False, "schema_revision": "1"}),
+            )
+            for name, events in variants:
                 cfg = agent_config(
                     folder / name,
                     broker.url,
                     source=str(CLIP),
                     detect={"model": str(YOLOX)},
-                    events={"thumbnails": thumbnails},
+                    events=events,
                     privacy=faces,
                 )
                 runs[name] = run_agent(cfg, broker)
@@ -138,15 +136,7 @@ def main() -> None:
     out["ratio_with_thumbnails"] = round((full["event_mqtt_bytes"] + full["thumb_mqtt_bytes"]) / h264, 5)
     out["ratio_metadata_only"] = round(meta["event_mqtt_bytes"] / h264, 5)
     out["ratio_wire_with_thumbnails"] = round(full["wire_up_bytes"] / h264, 5)
-    projected = sum(
-        mqtt_publish_bytes(m.topic, json.dumps(compact(json.loads(m.payload)), separators=(",", ":")).encode())
-        for m in runs["metadata_only"].by_topic("events")
-    )
-    out["what_if_compact_metadata"] = {
-        "mqtt_bytes": projected,
-        "ratio": round(projected / h264, 5),
-        "change": "omit null fields, the default priority and clock.boot; model.sha256 cut to 16 hex",
-    }
+    out["ratio_metadata_only_v1"] = round(out["metadata_only_v1"]["event_mqtt_bytes"] / h264, 5)
     out["goals"] = {"with_thumbnails": 0.02, "metadata_only": 0.002}
     day = 86400.0 / duration
     telemetry_day = (full["telemetry_record_bytes"] or 0) * 1440

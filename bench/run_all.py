@@ -176,14 +176,21 @@ def rows_economy(r: dict[str, Any]) -> list[Row]:
         ),
         (
             "",
-            f"metadata only ({meta['mean_event_bytes']} B per event)",
+            f"metadata only ({meta['mean_event_bytes']} B per event, {', '.join(meta.get('schema', []))})",
             f"{r['ratio_metadata_only']:.3%}",
             "≤ 0.2 %",
         ),
     ]
-    what_if = r.get("what_if_compact_metadata")
-    if what_if:
-        rows.append(("", f"… what-if: {what_if['change']}", f"{what_if['ratio']:.3%}", "≤ 0.2 %"))
+    v1 = r.get("metadata_only_v1")
+    if v1:
+        rows.append(
+            (
+                "",
+                f"… as complete vigil.event/1 records (`events.schema_revision = \"1\"`; {v1['mean_event_bytes']} B)",
+                f"{r['ratio_metadata_only_v1']:.3%}",
+                "",
+            )
+        )
     return rows
 
 

@@ -123,7 +123,9 @@ def test_agent_simulate_end_to_end(state_dir, event_validator):
     assert events
     for body in events:
         event_validator.validate(body)
-        assert "link" in body and "location" in body
+        # the emulated modem's link state is on every event; a location only once GNSS has a fix
+        # (vigil.event/1.1 leaves a null location out: docs/events.md)
+        assert body["link"]["registration"]
 
 
 def test_simulate_power_cycles_a_hung_emulated_modem_through_its_switch():

@@ -252,7 +252,7 @@ def test_agent_redacts_audits_and_reports_rule_events(tmp_path: Path, state_dir:
     crossings = [e for e in events if e["type"] == "line_crossing"]
     assert crossings and all(e["rule"] == "passers" and e["zone"] == "middle" for e in crossings)
     assert {e["direction"] for e in crossings} <= {"left_to_right", "right_to_left"}
-    people = [e for e in events if e.get("label") == "person" and e["thumb"]]
+    people = [e for e in events if e.get("label") == "person" and e.get("thumb")]
     assert people and all("pixelated" in e["thumb"]["redaction"] for e in people)
     assert (state_dir / "thumbs" / "index.jsonl").exists()
 

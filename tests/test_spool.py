@@ -105,30 +105,55 @@ def test_priority_order_and_backlog_share(spool_path):
         assert kinds[:4] == ["live", "live", "live", "backlog"]
 
 
-def test_ten_times_the_budget_stays_within_budget_and_keeps_critical(spool_path):
+def padded_event(n: int, priority: Priority = Priority.EVENT, pad: int = 900) -> list[Outgoing]:
+    return [Outgoing("events", priority, "events", {"type": "object_appeared", "n": n, "pad": "x" * pad})]
+
+
+def test_ten_times_the_budget_evicts_old_metadata_last_and_keeps_every_critical(spool_path):
+    """~11x the budget offered: thumbnails, telemetry and event metadata (the metadata alone is more than
+    the budget), plus a critical record every 50 groups. The spool stays within budget throughout; once
+    telemetry and thumbnails are gone it evicts the oldest event metadata, and no critical record."""
     budget = 2 * 1024 * 1024
     limits = SpoolLimits(budget_bytes=budget, free_floor_bytes=0, commit_interval_s=0.05)
-    criticals = 0
+    committed: dict[int, Priority] = {}  # seq -> class, as the spool committed them
+    offered = 0
     with Spool(spool_path, limits=limits) as spool:
-        for n in range(2600):  # ~20 MB offered: thumbnails, telemetry, events and a few critical records
-            spool.accept(with_thumb(n, 6000))
+        spool.add_listener(
+            lambda records: committed.update({r.seq: r.priority for r in records if r.stream == "events"})
+        )
+        for n in range(2600):
+            group = [*padded_event(n), Outgoing("thumbs", Priority.THUMB, "thumbs/{id}", os.urandom(6000),
+                                                  sequenced=False)]  # fmt: skip
+            spool.accept(group)
             spool.accept(telemetry(n, 1500))
+            offered += 6000 + 1500 + 1000
             if n % 50 == 0:
-                spool.accept(event(n, Priority.CRITICAL))
-                criticals += 1
+                spool.accept(padded_event(n, Priority.CRITICAL))
             if n % 100 == 0:
-                spool.flush()
+                assert spool.flush()
                 assert spool.disk_bytes() <= budget
-        spool.flush()
+        assert spool.flush()
         stats = spool.stats()
         assert spool.disk_bytes() <= budget
+        left = spool.next_records(100_000, max_priority=Priority.EVENT)
+    assert offered >= 10 * budget
     classes = stats["classes"]
-    assert classes["critical"]["depth"] == criticals
-    assert classes["telemetry"]["drops"]["budget"]["count"] > 0
-    assert classes["thumb"]["drops"]["budget"]["count"] > 0
-    # eviction order: telemetry went first, so more of it was dropped than of event metadata
-    event_drops = classes["event"]["drops"].get("budget", {"count": 0})["count"]
-    assert classes["telemetry"]["drops"]["budget"]["count"] > event_drops
+    criticals = {seq for seq, prio in committed.items() if prio == Priority.CRITICAL}
+    assert len(criticals) == 52
+    # every critical record survived; none was ever dropped
+    assert classes["critical"]["depth"] == len(criticals) and not classes["critical"]["drops"]
+    assert {r.seq for r in left if r.priority == Priority.CRITICAL} == criticals
+    # old event metadata was evicted (the promise's last resort), after everything of lower priority
+    event_drops = classes["event"]["drops"]["budget"]["count"]
+    assert event_drops > 0
+    assert classes["telemetry"]["depth"] == 0 and classes["thumb"]["depth"] == 0
+    assert classes["telemetry"]["drops"]["budget"]["count"] == 2600
+    # ...and it was the oldest metadata that went: what is left is the newest, without holes
+    normal_left = sorted(r.seq for r in left if r.priority == Priority.EVENT)
+    normal_all = sorted(seq for seq, prio in committed.items() if prio == Priority.EVENT)
+    assert normal_left == [s for s in normal_all if s >= normal_left[0]]
+    assert normal_left[-1] == normal_all[-1]
+    assert len(normal_all) - len(normal_left) == event_drops
     assert sum(p.stat().st_size for p in spool_path.iterdir()) <= budget
 
 

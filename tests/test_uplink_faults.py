@@ -11,36 +11,15 @@ import select
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from agent.config.schema import UplinkConfig
-from agent.uplink.mqtt import MqttPublisher
-from agent.uplink.spool import Spool
 from tests.brokers import Collector, Mosquitto
 from tests.conftest import ROOT, agent_env, read_events, run_agent
+from tests.delivery import assert_all_delivered
 
 KILL_CYCLES = int(os.environ.get("VIGIL_KILL_CYCLES", "50"))
 INFLIGHT = 20
-
-
-def drain(state: Path, broker_url: str, node: str) -> int:
-    """Publish what a finished (or killed) agent left in its spool, with the agent's own spool and
-    publisher code, in this process; returns the last event seq ever accepted."""
-    spool = Spool(state / "spool").start()
-    accepted = spool.seq("events")
-    publisher = MqttPublisher.from_config(spool, UplinkConfig(broker=broker_url, reconnect_min_s=0.2), node).start()
-    try:
-        assert spool.wait_drained(60), "the spool did not drain"
-    finally:
-        publisher.stop()
-        spool.stop()
-    return accepted
-
-
-def event_seqs(messages) -> set[int]:
-    return {json.loads(m.payload)["seq"] for m in messages if m.topic.endswith("/events")}
 
 
 @pytest.fixture
@@ -51,10 +30,12 @@ def broker(tmp_path):
 
 
 def test_kill_9_at_random_moments_loses_no_accepted_event(broker, tmp_path):
-    """≥50 times: start the agent with events flowing, SIGKILL it at a random moment. Then drain the
-    spool: every seq ever accepted arrives, and duplicates stay within the in-flight window."""
+    """≥50 times: start the agent with events flowing, SIGKILL it at a random moment. Then the agent
+    runs once more on the same state directory, a short finite stream, and delivers by itself what the
+    killed runs left in the spool: every seq ever accepted arrives, and duplicates stay within the
+    in-flight window."""
     state = tmp_path / "state"
-    collector = Collector(broker.url, ["vigil/pole-k/events"])
+    collector = Collector(broker.url, ["vigil/pole-k/#"])
     rng = random.Random(20261127)
     try:
         for cycle in range(KILL_CYCLES):
@@ -80,13 +61,18 @@ def test_kill_9_at_random_moments_loses_no_accepted_event(broker, tmp_path):
                 if proc.poll() is None:
                     proc.kill()
                 proc.stdout.close()
-        accepted = drain(state, broker.url, "pole-k")
-        assert collector.wait_for(lambda ms: len(event_seqs(ms)) >= accepted, 30)
+        final = run_agent(
+            "--source", "synthetic:999", "--no-realtime", "--max-frames", "20", "--broker", broker.url,
+            "--node-id", "pole-k", "--state-dir", str(state), timeout=120,
+        )  # fmt: skip
+        assert final.returncode == 0, final.stderr[-2000:]
+        assert "spool drained; exiting" in final.stderr, final.stderr[-2000:]
+        stats = assert_all_delivered(collector, state, "pole-k")  # gapless: nothing accepted was lost
     finally:
         collector.close()
-    seqs = [json.loads(m.payload)["seq"] for m in collector.snapshot()]
+    accepted = stats["seq"]["events"]
+    seqs = [json.loads(m.payload)["seq"] for m in collector.snapshot() if m.topic.endswith("/events")]
     assert accepted > KILL_CYCLES  # events really flowed
-    assert sorted(set(seqs)) == list(range(1, accepted + 1))  # gapless: nothing accepted was lost
     duplicates = len(seqs) - len(set(seqs))
     assert duplicates <= KILL_CYCLES * INFLIGHT
     print(f"{KILL_CYCLES} kills: {accepted} events accepted, all delivered, {duplicates} duplicates")
@@ -119,38 +105,32 @@ def test_corrupt_spool_is_moved_aside_and_the_agent_runs(tmp_path, event_validat
 
 
 def test_simulate_with_broker_and_link_profile(broker, tmp_path):
-    """`agent --simulate --broker … --link-profile FILE`: an outage in the profile, then everything arrives."""
+    """`agent --simulate --broker … --link-profile FILE`: the link dies near the end of a finite stream
+    and comes back slower; the agent reconnects by itself and, before it exits, delivers every event
+    and thumbnail it committed. Nobody else touches its spool."""
     profile = tmp_path / "blip.toml"
     profile.write_text(
-        'repeat = false\n[[step]]\nseconds = 1\nmode = "up"\n'
-        '[[step]]\nseconds = 3\nmode = "down"\n'
+        'repeat = false\n[[step]]\nseconds = 6\nmode = "up"\n'
+        '[[step]]\nseconds = 5\nmode = "down"\n'
         '[[step]]\nseconds = 600\nmode = "up"\nrate_bps = 20000\n'
     )
     collector = Collector(broker.url, ["vigil/sim-node/#"])
     state = tmp_path / "state"
     try:
         res = run_agent(
-            "--simulate",
-            "--source",
-            "synthetic:6",
-            "--max-frames",
-            "120",
-            "--broker",
-            broker.url,
-            "--link-profile",
-            str(profile),
-            "--state-dir",
-            str(state),
-            timeout=120,
-        )
+            "--simulate", "--source", "synthetic:6", "--max-frames", "120", "--broker", broker.url,
+            "--link-profile", str(profile), "--state-dir", str(state), "--http", "off", timeout=180,
+        )  # fmt: skip
         assert res.returncode == 0, res.stderr
+        assert "link profile blip" in res.stderr
+        assert "link: down" in res.stderr  # the outage happened (the proxy resets the connection)
+        assert "spool drained; exiting" in res.stderr, res.stderr[-2000:]
         printed = read_events(res.stdout)
-        drain(state, broker.url, "sim-node")  # the run may end before the backlog drained
-        want = {e["seq"] for e in printed}
-        assert collector.wait_for(lambda ms: want <= event_seqs(ms), 30)
+        assert printed and [e["seq"] for e in printed] == list(range(1, len(printed) + 1))
+        stats = assert_all_delivered(collector, state, "sim-node")
     finally:
         collector.close()
-    assert "link profile blip" in res.stderr
+    assert stats["seq"]["events"] == len(printed)
 
 
 def test_bad_broker_settings_are_one_clear_line(tmp_path):
@@ -258,13 +238,10 @@ def test_end_to_end_delivery_through_rabbitmq(rabbitmq, tmp_path):
             timeout=120,
         )
         assert res.returncode == 0, res.stderr
-        printed = read_events(res.stdout)
-        drain(state, rabbitmq, "sim-node")
-        want = {e["seq"] for e in printed}
-        assert want
-        assert collector.wait_for(lambda ms: want <= event_seqs(ms), 30)
-        thumbs = [m for m in collector.snapshot() if "/thumbs/" in m.topic]
-        assert thumbs and all(m.payload[:2] == b"\xff\xd8" for m in thumbs)
+        assert "spool drained; exiting" in res.stderr, res.stderr[-2000:]
+        assert read_events(res.stdout)
+        assert_all_delivered(collector, state, "sim-node")
+        assert [m for m in collector.snapshot() if "/thumbs/" in m.topic]
     finally:
         collector.close()
     # retained status works on RabbitMQ too (its retained-message store is per node)

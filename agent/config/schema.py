@@ -225,6 +225,20 @@ class EventsConfig(Section):
         default=0.15, ge=0, le=1, description="Margin around the box, share of its size."
     )
     stdout: bool = Field(default=True, description="Print each event as a JSON line (simulate mode).")
+    schema_revision: Literal["1", "1.1"] = Field(
+        default="1.1",
+        description='Event record revision sent: "1.1" leaves out fields a consumer restores exactly (null '
+        'and default values, the node id the topic names; docs/events.md), "1" sends every field of '
+        "vigil.event/1 for consumers that still require them. schema/event-v1.json accepts both.",
+    )
+
+    @field_validator("schema_revision", mode="before")
+    @classmethod
+    def _revision_as_text(cls, value: object) -> object:
+        """`schema_revision = 1.1` in TOML, or VIGIL_EVENTS__SCHEMA_REVISION=1, mean the revisions "1.1", "1"."""
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return f"{value:g}"
+        return value
 
 
 class TlsConfig(Section):

@@ -14,6 +14,7 @@ from typing import IO, Any
 
 from agent.clock import PLAUSIBLE_AFTER
 from agent.events.thumbs import Thumbnail
+from agent.events.wire import Revision, for_wire
 from agent.uplink.spool import Outgoing, Priority, Record, Spool
 
 log = logging.getLogger(__name__)
@@ -23,16 +24,19 @@ THUMBS_STREAM = "thumbs"
 
 
 class EventEmitter:
-    """Offers an event and its thumbnail to the spool as one group (committed together)."""
+    """Offers an event and its thumbnail to the spool as one group (committed together), in the
+    configured revision of the record (`events.schema_revision`, agent.events.wire)."""
 
-    def __init__(self, spool: Spool) -> None:
+    def __init__(self, spool: Spool, revision: Revision = "1.1") -> None:
         self.spool = spool
+        self.revision = revision
         self.emitted = 0
 
     def emit(self, body: dict[str, Any], thumb: Thumbnail | None = None) -> bool:
         critical = body.get("priority") == "critical"
         if thumb is not None:
             body = {**body, "thumb": thumb.meta()}
+        body = for_wire(body, self.revision)
         group = [Outgoing(EVENTS_STREAM, Priority.CRITICAL if critical else Priority.EVENT, "events", body)]
         if thumb is not None:
             group.append(Outgoing(THUMBS_STREAM, Priority.THUMB, "thumbs/{id}", thumb.jpeg, sequenced=False))

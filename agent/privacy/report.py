@@ -23,6 +23,7 @@ from agent.clock import rfc3339
 from agent.config.rules import RuleType
 from agent.config.schema import Config
 from agent.detect.card import model_sha256
+from agent.events import wire
 from agent.events.emitter import EVENTS_STREAM, THUMBS_STREAM
 from agent.uplink.spool import Priority
 
@@ -109,13 +110,40 @@ def _event_types(config: Config, schema: dict[str, Any]) -> list[dict[str, str]]
     return rows
 
 
-def _fields(schema: dict[str, Any]) -> list[dict[str, str]]:
+def _required(schema: dict[str, Any], schema_id: str) -> set[str]:
+    """Fields every record of this revision carries (the schema's `required`, plus its if/then parts)."""
+    required = set(schema.get("required", []))
+    for part in schema.get("allOf", []):
+        condition = part.get("if", {}).get("properties", {}).get("schema", {})
+        if condition.get("const") == schema_id:
+            required |= set(part.get("then", {}).get("required", []))
+    return required
+
+
+def _left_out_when(spec: dict[str, Any]) -> str | None:
+    """How a compact (1.1) record signals this field's value by leaving it out, if it does."""
+    if "x-vigil-default" in spec:
+        return f"left out when it is {spec['x-vigil-default']}"
+    if "default" in spec:
+        return f"left out when {json.dumps(spec['default'])}"
+    return None
+
+
+def _fields(schema: dict[str, Any], schema_id: str) -> list[dict[str, str]]:
+    """One row per field of the record, saying whether the configured revision always sends it. Leaving
+    a field out never withholds information: its absence stands for the value given here."""
+    required = _required(schema, schema_id)
+    compact = schema_id != wire.SCHEMA_V1
     rows = []
     for name, spec in schema["properties"].items():
+        sent = "always" if name in required else "when it applies"
+        if compact and name not in required and (rule := _left_out_when(spec)):
+            sent = rule
         rows.append(
             {
                 "field": name,
-                "required": "yes" if name in schema.get("required", []) else "no",
+                "required": "yes" if name in required else "no",
+                "sent": sent,
                 "meaning": spec.get("description", ""),
                 "privacy_note": FIELD_NOTES.get(name, ""),
             }
@@ -141,6 +169,7 @@ def _stage_disclosures(config: Config) -> list[dict[str, Any]]:
 
 def build_report(config: Config, *, config_path: Path | None = None, state_dir: Path | None = None) -> dict:
     schema = event_schema()
+    schema_id = wire.schema_id(config.events.schema_revision)
     prefix = f"{config.uplink.topic_prefix}/{config.node.id}"
     ev = config.events
     rules = [r for r in config.rules.rules if r.enabled] if config.rules.enabled else []
@@ -152,9 +181,13 @@ def build_report(config: Config, *, config_path: Path | None = None, state_dir: 
         {
             "name": "events",
             "topic": f"{prefix}/{EVENTS_STREAM}",
-            "content": f"one JSON object per event ({schema['title']}, {schema['properties']['schema']['const']})",
+            "content": f"one JSON object per event ({schema['title']}, {schema_id})",
+            "revision": "compact: a field left out stands for the value its row gives, so the same information "
+            "leaves as with every field (docs/events.md)"
+            if schema_id != wire.SCHEMA_V1
+            else "every field of the record is sent",
             "event_types": _event_types(config, schema),
-            "fields": _fields(schema),
+            "fields": _fields(schema, schema_id),
         },
         {
             "name": "thumbnails",
