@@ -233,13 +233,6 @@ def test_mqtt311_refusals_are_acknowledged_as_success_and_invisible_to_the_node(
     assert not thumbnails(collector.snapshot(), NODE)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lead/uplink: Mosquitto 2.0 answers a publish over message_size_limit with PUBACK reason 0x95 "
-    "(packet too large), which MQTT 5 does not allow in a PUBACK; paho treats it as a protocol error and "
-    "drops the connection, so the agent reconnects and sends the same record again, forever: the record "
-    "is never counted as refused and the spool never drains (thumbnails behind it wait forever)",
-)
 def test_a_record_over_the_brokers_size_limit_is_dropped_as_refused_mqtt5(tmp_path):
     """MQTT 5, `message_size_limit 3000`: thumbnails above it are refused, counted as refused_by_broker,
     and everything else (every event, the smaller thumbnails) still arrives."""

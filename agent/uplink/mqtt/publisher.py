@@ -36,6 +36,12 @@ log = logging.getLogger(__name__)
 
 # PUBACK reason codes (MQTT 5) that will never succeed on retry: count the record as refused.
 PERMANENT_REFUSALS = {0x87, 0x90, 0x99}  # not authorized, topic name invalid, payload format invalid
+# A connection the broker ends with one of these right after a publish (Mosquitto answers a publish
+# over its message_size_limit with reason 0x95, which a PUBACK may not carry: paho calls it a protocol
+# error) refused that publish; twice in a row for the same record, and the record is dropped as refused
+# rather than sent on every reconnect forever. Link drops end connections without such a code.
+PROTOCOL_REFUSALS = {0x81, 0x82, 0x95}  # malformed packet, protocol error, packet too large
+REFUSED_AFTER = 2
 HEALTHY_S = 60.0  # a connection that lasted this long resets the reconnect backoff
 READ_AHEAD = 64  # records read from the spool at once
 # Records handed to paho per connection, as a multiple of `uplink.inflight` (what paho lets onto the
@@ -79,6 +85,7 @@ class MqttPublisher:
         self.refused = 0
         self.last_error: str | None = None
         self.connected_since: float | None = None
+        self._suspect: tuple[int, int] | None = None  # (rowid, connections it ended) — see PROTOCOL_REFUSALS
         # records read ahead from the spool, in the order they go; any commit (new records, maybe of a
         # higher priority; evictions) or a new connection makes it stale
         self._ahead: deque[Record] = deque()
@@ -231,6 +238,7 @@ class MqttPublisher:
         try:
             self._serve(session, window)
         finally:
+            self._judge_ending(session, window)
             self.duplicates_possible += window.abandon(time.monotonic())
             if session.ended and not self._stop.is_set():
                 self.disconnects += 1
@@ -271,6 +279,25 @@ class MqttPublisher:
                 return
             # wait for a PUBACK, a command, a commit of new records or a stop, whichever comes first
             self._wake.wait(0.5)
+
+    def _judge_ending(self, session: Session, window: PublishWindow) -> None:
+        """A connection the broker ended over a publish: after REFUSED_AFTER times for the same record,
+        count it as refused (a record too large for the broker would otherwise be sent forever)."""
+        culprit = window.oldest()
+        if session.end_code not in PROTOCOL_REFUSALS or culprit is None:
+            self._suspect = None
+            return
+        rowid = culprit.record.rowid
+        times = self._suspect[1] + 1 if self._suspect is not None and self._suspect[0] == rowid else 1
+        self._suspect = (rowid, times)
+        if times >= REFUSED_AFTER:
+            self._suspect = None
+            self.refused += 1
+            self.spool.drop(rowid, "refused_by_broker")
+            log.error(
+                "uplink: the broker closed the connection over %s (%d bytes) %d times (%s); record dropped "
+                "as refused (too large for the broker?)", culprit.record.topic, culprit.size, times, session.ended,
+            )  # fmt: skip
 
     def _subscribe_new(self, session: Session, subscribed: set[str], pending: dict[int, str]) -> set[str]:
         """Subscribe to handlers' topics not yet subscribed on this session; returns the new ones."""
@@ -340,6 +367,13 @@ class MqttPublisher:
             if record is None:
                 break
             payload, props = self._prepare(record, uptime, rate)
+            limit = session.max_packet_size
+            if limit is not None and len(payload) + len(self.base) + len(record.topic) + 16 > limit:
+                self.refused += 1
+                self.spool.drop(record.rowid, "refused_by_broker")
+                log.error("uplink: %s (%d bytes) exceeds the broker's maximum packet size (%d); record dropped",
+                          record.topic, len(payload), limit)  # fmt: skip
+                continue
             critical = record.priority == Priority.CRITICAL
             if not self.budget.allows(len(payload), critical, record.priority <= Priority.EVENT) or (
                 window.inflight and window.bytes + len(payload) > allowance

@@ -59,6 +59,8 @@ class Session:
         self.connected = False
         self.refusal: str | None = None  # why the broker refused the connection
         self.ended: str | None = None  # why the connection ended
+        self.end_code = 0  # the MQTT reason code it ended with (0: none given)
+        self.max_packet_size: int | None = None  # MQTT 5: the broker's Maximum Packet Size, if it said
         self.events = SessionEvents()
         self._notify = notify  # something arrived (a PUBACK, a message, the end of the connection)
         self._changed = threading.Event()
@@ -179,7 +181,8 @@ class Session:
         self._changed.set()
         self._notify()
 
-    def _on_connect(self, client: Any, _userdata: Any, _flags: Any, reason_code: Any, _props: Any) -> None:
+    def _on_connect(self, client: Any, _userdata: Any, _flags: Any, reason_code: Any, props: Any) -> None:
+        self.max_packet_size = getattr(props, "MaximumPacketSize", None) if props is not None else None
         if reason_code.is_failure:
             self.refusal = f"broker refused the connection: {reason_code}"
             client.disconnect()  # paho's thread would otherwise retry by itself
@@ -190,6 +193,7 @@ class Session:
     def _on_disconnect(self, client: Any, _userdata: Any, _flags: Any, reason_code: Any, _props: Any) -> None:
         if self.connected:
             self.ended = self.ended or f"disconnected ({reason_code})"
+            self.end_code = int(getattr(reason_code, "value", 0))
         self.connected = False
         client.disconnect()  # no reconnect by paho's thread: the next connection is a new Session
         self._wake()

@@ -10,6 +10,7 @@ from agent.uplink.spool import Record
 
 STALL_S = 30.0  # no PUBACK for this long (or two keepalives): the connection is dead, start another
 RETRY_AFTER_S = 5.0  # a record the broker turned down for now waits this long before it goes again
+UNMEASURED_ALLOWANCE = 4096  # in flight before the link has been measured
 
 
 @dataclass
@@ -40,10 +41,16 @@ class PublishWindow:
     @staticmethod
     def allowance(rate: float | None) -> int:
         """Bytes we let sit in flight: about two seconds of the measured link, so a live event never
-        queues long behind a backlog already handed to the socket."""
+        queues long behind a backlog already handed to the socket. Before the link is measured (a
+        first connection, or one after an outage longer than the meter's window) start small, like
+        TCP's slow start: the first PUBACKs measure it within a round trip on a good link."""
         if rate is None:
-            return 256 * 1024
+            return UNMEASURED_ALLOWANCE
         return int(min(1 << 20, max(2048, rate * 2.0)))
+
+    def oldest(self) -> InFlight | None:
+        """The first publish still unacknowledged (PUBACKs come in order)."""
+        return min(self.inflight.values(), key=lambda f: f.sent, default=None)
 
     def busy_rowids(self, now: float) -> set[int]:
         """Records not to pick now: in flight, or turned down a moment ago."""
