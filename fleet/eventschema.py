@@ -22,10 +22,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-SCHEMA_ID = "vigil.event/1"
+SCHEMA_IDS = ("vigil.event/1", "vigil.event/1.1")  # 1.1: the compact revision (docs/events.md)
 SCHEMA_FAMILY = "vigil.event/"
-# Without these an event cannot be deduplicated (id), ordered and checked for loss (node, seq) or placed in time.
-REQUIRED = ("schema", "id", "node", "seq", "type", "ts")
+# Without these an event cannot be deduplicated (id), ordered and checked for loss (seq) or placed in
+# time; the node is the topic's (revision 1.1 leaves it out of the record).
+REQUIRED = ("schema", "id", "seq", "type", "ts")
 
 
 def schema_path() -> Path:
@@ -45,6 +46,7 @@ def tolerant(schema: Mapping[str, Any]) -> dict[str, Any]:
     """The published schema with only REQUIRED required and `type` open to new event types."""
     relaxed = copy.deepcopy(dict(schema))
     relaxed["required"] = [name for name in REQUIRED if name in relaxed.get("properties", {})]
+    relaxed.pop("allOf", None)  # what vigil.event/1 must carry in full: missing fields take their defaults
     properties = relaxed.setdefault("properties", {})
     if "type" in properties:
         properties["type"] = {"type": "string", "minLength": 1, "maxLength": 64}

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from fleet.eventschema import SCHEMA_FAMILY, SCHEMA_ID, EventValidator
+from fleet.eventschema import SCHEMA_FAMILY, SCHEMA_IDS, EventValidator
 
 NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")  # schema/event-v1.json, property `node`
 EVENT_ID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -253,8 +253,11 @@ class WireParser:
 
     def _event(self, node: str, body: dict[str, Any], text: str) -> Parsed:
         schema = body.get("schema")
-        if isinstance(schema, str) and schema != SCHEMA_ID and schema.startswith(SCHEMA_FAMILY):
-            return Rejected(UNSUPPORTED_SCHEMA, f"{schema[:40]} (this ingest knows {SCHEMA_ID})", node)
+        if schema == "vigil.event/1.1" and isinstance(body.get("clock"), dict):
+            body = expand(body, node)  # read whole; stored as sent (readers expand: fleet.store.reader)
+        if isinstance(schema, str) and schema not in SCHEMA_IDS and schema.startswith(SCHEMA_FAMILY):
+            known = " and ".join(SCHEMA_IDS)
+            return Rejected(UNSUPPORTED_SCHEMA, f"{schema[:40]} (this ingest knows {known})", node)
         problem = self.validator.problem(body)
         if problem is not None:
             return Rejected(SCHEMA, problem, node)
@@ -266,6 +269,8 @@ class WireParser:
         thumb = body.get("thumb")
         clock = body.get("clock")
         trusted = clock.get("trusted") if isinstance(clock, dict) else None
+        if trusted is None and isinstance(clock, dict) and isinstance(clock.get("source"), str):
+            trusted = clock["source"] in ("ntp", "gnss")  # 1.1 leaves it out: it follows from the source
         model = body.get("model")
         return Event(
             node=node,
@@ -283,6 +288,20 @@ class WireParser:
             agent_model=str(model["name"]) if isinstance(model, dict) and "name" in model else None,
             text=text,
         )
+
+
+def expand(record: dict[str, Any], node: str) -> dict[str, Any]:
+    """The vigil.event/1 record a compact vigil.event/1.1 record stands for (docs/events.md): what it
+    leaves out has one documented value, the node is the topic's."""
+    full = {"priority": "normal", "thumb": None, "location": None, "link": None, **record}
+    full["schema"] = "vigil.event/1"
+    full.setdefault("node", node)
+    clock = dict(record["clock"])
+    clock.setdefault("trusted", clock.get("source") in ("ntp", "gnss"))
+    full["clock"] = clock
+    if "first_seen" in full:
+        full.setdefault("last_seen", full["ts"])
+    return full
 
 
 def _json_object(payload: bytes) -> dict[str, Any] | Rejected:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from fleet.store.db import Database
-from fleet.wire import fix_mode
+from fleet.wire import expand, fix_mode
 
 SILENT_AFTER_S = 300.0  # five telemetry intervals of a default node
 HOUR_S = 3600.0
@@ -199,6 +199,12 @@ def gap_details(db: Database, node: str) -> list[dict[str, Any]]:
     return [{"from": int(a), "to": int(b), "opened_at": o, "alarm": alarm} for a, b, o, alarm in rows]
 
 
+def _whole(text: str, node: str) -> str:
+    if '"vigil.event/1.1"' not in text:
+        return text
+    return json.dumps(expand(json.loads(text), node), separators=(",", ":"), ensure_ascii=False)
+
+
 def events(
     db: Database,
     *,
@@ -207,8 +213,9 @@ def events(
     since: float | None = None,
     limit: int = 100,
 ) -> list[str]:
-    """Event records as the nodes sent them, oldest first: the latest `limit`, or the first `limit` at or
-    after `since` (event time)."""
+    """Event records, oldest first: the latest `limit`, or the first `limit` at or after `since` (event
+    time). Stored as the nodes sent them; a compact `vigil.event/1.1` record comes back whole, as the
+    `vigil.event/1` record it stands for (docs/events.md), so every reader gets one shape."""
     clauses, params = [], []
     for clause, value in (("node = ?", node), ("type = ?", kind), ("ts_epoch >= ?", since)):
         if value is not None:
@@ -218,10 +225,10 @@ def events(
     order = "ASC" if since is not None else "DESC"
     with db.read():
         rows = db.all(
-            f"SELECT body FROM events {where} ORDER BY ts_epoch {order}, node, seq {order} LIMIT ?",
+            f"SELECT body, node FROM events {where} ORDER BY ts_epoch {order}, node, seq {order} LIMIT ?",
             [*params, limit],
         )
-    bodies = [str(r[0]) for r in rows]
+    bodies = [_whole(str(r[0]), str(r[1])) for r in rows]
     return bodies if since is not None else bodies[::-1]
 
 
