@@ -159,6 +159,11 @@ class ControlStage:
             if command is None:
                 raise CommandError(f"unknown command {job.command!r} (known: {', '.join(COMMANDS)})")
             caller = self.gate.admit(envelope, job.command, command.role)
+            if command.role != "viewer" and self.health.privacy.audit.full:
+                raise CommandError(
+                    "refused: the audit log holds as many entries the back office has not seen as it may "
+                    "(privacy.audit.keep × 4 files); changes wait until the node's telemetry reaches the broker"
+                )
             try:
                 args = command.args.model_validate(envelope.args)
             except ValidationError as exc:
@@ -201,6 +206,9 @@ class ControlStage:
     def _rule_snapshot(self, job: RuleSnapshot) -> None:
         self._count("rule_snapshots")
         request = job.request
+        if self.health.privacy.audit.full:
+            log.warning("snapshot for rule %s not sent: the audit log waits for the back office", request.rule)
+            return
         try:
             self.snapshots.take(
                 actor=f"rule:{request.rule}",
