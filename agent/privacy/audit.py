@@ -97,7 +97,9 @@ class AuditLog:
         self._key = key
         self.kid = key_id(key) if key is not None else None
         self._seq, self._prev, self._rekeyed_from, self._prev_keyed = self._tail()
-        self.published_seq = self._read_published()
+        self.published_seq, published_mac = self._read_published()
+        self._anchor_looked_up = True
+        self._anchor = self._check_anchor(published_mac)
 
     @classmethod
     def open(cls, folder: Path, **kwargs: Any) -> AuditLog:
@@ -153,9 +155,58 @@ class AuditLog:
         return 0, GENESIS, None, True
 
     def head(self) -> dict[str, Any]:
-        """What telemetry publishes: the newest entry's seq and mac (its chain link)."""
+        """What telemetry publishes: the newest entry's seq and mac (its chain link), and the anchor:
+        the entry at the last head the broker acknowledged, as the log holds it now (its mac must be
+        what the back office recorded for that seq: a log rewritten behind the last published head,
+        even one that has grown past it again, shows there)."""
         with self._lock:
-            return {"seq": self._seq, "mac": self._prev}
+            head: dict[str, Any] = {"seq": self._seq, "mac": self._prev}
+            if self._anchor is None and 0 < self.published_seq <= self._seq and not self._anchor_looked_up:
+                # rewound below the published head at start: the entry now at that seq is the evidence
+                self._anchor_looked_up = True
+                link = self._entry_link(self.published_seq)
+                self._anchor = (self.published_seq, link) if link is not None else None
+            if self._anchor is not None:
+                head["anchor"] = {"seq": self._anchor[0], "mac": self._anchor[1]}
+            return head
+
+    def _entry_link(self, seq: int) -> str | None:
+        """The chain link (mac, or digest for an unkeyed entry) of entry `seq` in the kept files."""
+        for path in (self.path, *self._rotated()):
+            try:
+                with path.open(encoding="utf-8", errors="replace") as fh:
+                    for line in fh:
+                        if f'"seq":{seq},' not in line:
+                            continue
+                        try:
+                            entry = json.loads(line)
+                        except json.JSONDecodeError:
+                            continue
+                        if entry.get("seq") == seq:
+                            mac = entry.get("mac")
+                            return mac if isinstance(mac, str) else _digest(line.rstrip("\n"))
+            except FileNotFoundError:
+                continue
+        return None
+
+    def _check_anchor(self, published_mac: str | None) -> tuple[int, str] | None:
+        """At start: is the last published entry still in the log, unchanged? A log cut short or
+        rewritten while the agent was not running is an error here, and shows in the back office."""
+        if not self.published_seq:
+            return None
+        if self.published_seq > self._seq:
+            log.error(
+                "audit log rewound: it ends at entry %d, but a head at %d was published before", self._seq,
+                self.published_seq,
+            )
+            self._anchor_looked_up = False  # head() names whatever entry takes that seq again
+            return None
+        current = self._entry_link(self.published_seq)
+        if current is None:
+            return None  # rotated out since: nothing to compare
+        if published_mac is not None and current != published_mac:
+            log.error("audit log rewritten: entry %d is not the one whose head was published", self.published_seq)
+        return self.published_seq, current
 
     # -- writing --------------------------------------------------------------------------------------
     def record(self, action: str, actor: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -211,21 +262,26 @@ class AuditLog:
         return entry
 
     # -- publication and rotation -----------------------------------------------------------------------
-    def _read_published(self) -> int:
+    def _read_published(self) -> tuple[int, str | None]:
         try:
-            return int(json.loads((self.folder / PUBLISHED).read_text())["seq"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return 0
+            data = json.loads((self.folder / PUBLISHED).read_text())
+            mac = data.get("mac")
+            return int(data["seq"]), mac if isinstance(mac, str) else None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return 0, None
 
-    def mark_published(self, seq: int) -> None:
-        """The broker acknowledged a telemetry record carrying the head at `seq`: entries up to it
+    def mark_published(self, seq: int, mac: str | None = None) -> None:
+        """The broker acknowledged a telemetry record carrying the head (`seq`, `mac`): entries up to it
         may be rotated out. Written only when it moves (rarely: entries are rare)."""
         with self._lock:
             if seq <= self.published_seq:
                 return
             self.published_seq = seq
+            if mac is not None:
+                self._anchor = (seq, mac)
             try:
-                atomic_write(self.folder / PUBLISHED, json.dumps({"seq": seq}).encode(), mode=0o640)
+                body = {"seq": seq, "mac": mac}
+                atomic_write(self.folder / PUBLISHED, json.dumps(body).encode(), mode=0o640)
             except OSError as exc:
                 log.warning("cannot save the published audit head: %s", exc)
 

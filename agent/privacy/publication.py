@@ -26,7 +26,7 @@ class HeadPublication:
     def __init__(self, audit: AuditLog, stream: str = "telemetry") -> None:
         self.audit = audit
         self.stream = stream
-        self._pending: OrderedDict[int, int] = OrderedDict()  # rowid -> audit seq it carries
+        self._pending: OrderedDict[int, tuple[int, str | None]] = OrderedDict()  # rowid -> head it carries
         self._lock = threading.Lock()
 
     def attach(self, spool: Spool) -> HeadPublication:
@@ -38,19 +38,19 @@ class HeadPublication:
         for record in records:
             if record.stream != self.stream:
                 continue
-            seq = _audit_seq(record.body if record.body is not None else _parse(record.payload))
-            if seq is None:
+            head = _audit_head(record.body if record.body is not None else _parse(record.payload))
+            if head is None:
                 continue
             with self._lock:
-                self._pending[record.rowid] = seq
+                self._pending[record.rowid] = head
                 while len(self._pending) > PENDING_MAX:
                     self._pending.popitem(last=False)
 
     def acknowledged(self, rowids: list[int]) -> None:
         with self._lock:
-            seqs = [self._pending.pop(r) for r in rowids if r in self._pending]
-        if seqs:
-            self.audit.mark_published(max(seqs))
+            heads = [self._pending.pop(r) for r in rowids if r in self._pending]
+        if heads:
+            self.audit.mark_published(*max(heads, key=lambda h: h[0]))
 
 
 def _parse(payload: bytes) -> Any:
@@ -60,7 +60,10 @@ def _parse(payload: bytes) -> Any:
         return None
 
 
-def _audit_seq(body: Any) -> int | None:
+def _audit_head(body: Any) -> tuple[int, str | None] | None:
     head = body.get("audit") if isinstance(body, dict) else None
     seq = head.get("seq") if isinstance(head, dict) else None
-    return seq if isinstance(seq, int) and not isinstance(seq, bool) else None
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        return None
+    mac = head.get("mac") if isinstance(head, dict) else None
+    return seq, mac if isinstance(mac, str) else None
