@@ -48,9 +48,11 @@ class AgentHarness:
         simulate: bool = True,
         trusted_clock: bool = False,
         config_path: Path | None = None,
+        clock: Clock | None = None,
     ) -> None:
         data = deep_merge(base_config(state_dir, broker), config or {})
-        clock = Clock(ntp_probe=lambda: True) if trusted_clock else Clock(ntp_probe=lambda: False)
+        if clock is None:
+            clock = Clock(ntp_probe=lambda: True) if trusted_clock else Clock(ntp_probe=lambda: False)
         options = RunOptions(
             simulate=simulate, print_events=False, install_signal_handlers=False, config_path=config_path
         )
