@@ -178,5 +178,6 @@ def test_remote_changes_drive_only_gpio_pins_the_node_allows(tmp_path):
     overlay = tmp_path / "state" / OVERLAY_NAME
     overlay.write_text(overlay.read_text().replace("pin = 17", "pin = 4"))  # edited on the SD card
     config = tmp_path / "node.toml"
-    config.write_text(f'[node]\nid = "{NODE}"\nstate_dir = "{tmp_path / "state"}"\n[control]\nremote_gpio_pins = [17]\n')
+    state = tmp_path / "state"
+    config.write_text(f'[node]\nid = "{NODE}"\nstate_dir = "{state}"\n[control]\nremote_gpio_pins = [17]\n')
     assert load_with_overlay(config).config.rules.outputs == []  # the overlay's outputs are not applied

@@ -85,6 +85,7 @@ class CommandClient:
         from paho.mqtt.enums import CallbackAPIVersion
 
         for protocol in (paho.MQTTv5, paho.MQTTv311):
+            self.events = queue.Queue(maxsize=1000)  # nothing of an earlier attempt's connection
             client = paho.Client(
                 callback_api_version=CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=protocol
             )
@@ -103,8 +104,8 @@ class CommandClient:
             try:
                 kind, rc = self._next({"connack", "disconnect"}, 15.0)
                 if kind != "connack" or rc.is_failure:
-                    if protocol == paho.MQTTv5 and kind == "connack" and rc.value in (0x84, 0x01):
-                        continue  # a broker without MQTT 5 (RabbitMQ 3.x): the same with 3.1.1
+                    if protocol == paho.MQTTv5:
+                        continue  # e.g. a broker without MQTT 5 (RabbitMQ 3.x): try again with 3.1.1
                     raise FleetError(f"the broker {self.broker} refused the connection: {rc}")
                 return self._exchange(client, command, payload, request_id, timeout)
             finally:
