@@ -200,6 +200,7 @@ class Agents:
             VIGIL_UPLINK__TLS__CA_FILE=str(bundle / "ca.crt"),
             VIGIL_UPLINK__TLS__CERT_FILE=str(bundle / "node.crt"),
             VIGIL_UPLINK__TLS__KEY_FILE=str(bundle / "node.key"),
+            VIGIL_PRIVACY__AUDIT__KEY_FILE=str(bundle / "audit.key"),
             VIGIL_UPLINK__RECONNECT_MAX_S="2",
             VIGIL_EVENTS__STDOUT="true",  # every accepted event as a JSON line: what the node sent
         )
@@ -258,12 +259,12 @@ class Agents:
         from agent.uplink.spool import Spool
 
         bundle = self.fleet / "nodes" / node
-        spool = Spool(self.state(node) / "spool.db").start()
+        spool = Spool(self.state(node) / "spool").start()  # where the agent keeps it (agent/app.py)
         accepted = spool.seq("events")
         tls = TlsConfig(
             ca_file=bundle / "ca.crt", cert_file=bundle / "node.crt", key_file=bundle / "node.key"
         )
-        publisher = MqttPublisher(
+        publisher = MqttPublisher.from_config(
             spool, UplinkConfig(broker=broker, tls=tls, reconnect_min_s=0.2), node
         ).start()
         try:

@@ -40,7 +40,7 @@ class Signer:
         from cryptography import x509
         from cryptography.hazmat.primitives import serialization
 
-        from agent.control.signing import load_private_key
+        from agent.control.signing import MAX_CRL_CHARS, load_private_key
 
         folder = fleet_dir / "operators" / operator
         try:
@@ -56,6 +56,9 @@ class Signer:
         except (OSError, ValueError):
             log.warning("no readable fleet CRL in %s/ca: nodes will not learn of revocations from this command",
                         fleet_dir)
+        if self.crl_der is not None and len(self.crl_der) * 4 // 3 + 4 > MAX_CRL_CHARS:
+            log.warning("the fleet CRL is too large to ride with a command; nodes keep the one they have")
+            self.crl_der = None
 
     def sign(self, node: str, command: str, request_id: str, args: dict[str, Any], actor: str | None) -> bytes:
         from agent.control.signing import sign_request
