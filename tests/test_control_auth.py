@@ -76,6 +76,18 @@ def test_a_replayed_id_is_refused_for_the_whole_window_and_across_restarts(tmp_p
 # -- item 9: signed requests in a node that refuses unsigned ones -------------------------------------------
 
 
+def test_a_production_node_obeys_no_unsigned_request(tmp_path):
+    """What a provisioned node does by default: whatever an unsigned request claims, nothing changes."""
+    with AgentHarness(tmp_path / "state", config={"node": {"profile": "production"}}) as node:
+        before = node.agent.config.detect.score_threshold
+        body = ping(actor="alice", args={"values": {"detect.score_threshold": 0.9}})
+        reply = reply_to(node, "config/set", body)
+        assert reply["status"] == "error" and "unsigned commands are refused" in reply["message"], reply
+        assert node.agent.config.detect.score_threshold == before
+        assert not any(e["action"] == "config.change" and "alice" in e["actor"]
+                       for e in node.stage("health").privacy.audit.entries())
+
+
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fleet")
