@@ -137,6 +137,20 @@ class Clock:
             return ClockState("system", False)
         return ClockState("unsynced", False)
 
+    def trusted_now(self) -> float | None:
+        """The current time (epoch seconds) when the clock is trusted, else None. Trusted by GNSS
+        alone, the system clock may be far off (a Pi without NTP boots in 1970 or at its last saved
+        time): the GNSS time is used then, not the system clock."""
+        state = self.state()
+        if not state.trusted:
+            return None
+        now = time.time()
+        with self._lock:
+            offset = self._gnss_offset
+        if state.source == "gnss" and offset is not None:
+            now += offset
+        return now
+
     def wall_at(self, mono: float) -> float:
         """Best wall-clock estimate (epoch seconds) for a monotonic instant."""
         wall = time.time() - (time.monotonic() - mono)

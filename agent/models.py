@@ -173,18 +173,12 @@ def download(
 ) -> Path:
     """Download a model file to `dest`, resuming a partial download, verified against `sha256`
     (agent.fetch.download: a cut link or a wrong file never replaces a working model)."""
+    policy = fetch_file.FetchPolicy(max_bytes=max_bytes)
     try:
-        return fetch_file.download(
-            url,
-            dest,
-            sha256,
-            max_bytes=max_bytes,
-            progress=progress,
-            timeout=timeout,
-            hint=f"offline? use --mirror URL or {MIRROR_ENV}",
-        )
-    except fetch_file.DownloadError as exc:
-        raise ModelError(str(exc)) from None
+        return fetch_file.download(url, dest, sha256, policy, progress=progress, timeout=timeout)
+    except fetch_file.FetchError as exc:
+        hint = f" (offline? use --mirror URL or {MIRROR_ENV})" if exc.resumable else ""
+        raise ModelError(f"{exc.detail}{hint}") from None
 
 
 def fetch(name: str, state_dir: Path, *, mirror: str | None = None, progress: Progress | None = None) -> Path:

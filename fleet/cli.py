@@ -1,5 +1,5 @@
 """`vigil-fleet`: the back office's command line. Each command is a module with `register(subparsers)`
-listed in COMMAND_MODULES (add one there, e.g. signed commands to nodes, without touching the others).
+listed in COMMAND_MODULES (add one there without touching the others).
 
 User errors (bad URL, unreachable database, missing certificate) print one line and exit 1 without a
 traceback; `-v` shows debug logs.
@@ -25,6 +25,8 @@ COMMAND_MODULES = (
     "fleet.commands.events",
     "fleet.commands.quarantine",
     "fleet.commands.serve",
+    "fleet.commands.cmd",
+    "fleet.commands.audit",
 )
 
 
@@ -32,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vigil-fleet",
         description="Vigil's back office: store every event the nodes publish exactly once (ingest), "
-        "see the fleet's health (status, gaps, events) and serve the operators' page (serve).",
+        "see the fleet's health (status, gaps, events, audit) and serve the operators' page (serve); send "
+        "signed commands to nodes (cmd).",
     )
     parser.add_argument("--version", action="version", version=f"vigil-fleet {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")

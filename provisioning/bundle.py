@@ -1,8 +1,9 @@
 """A node bundle: everything one Pi needs, in one directory the operator copies to it.
 
 config.toml   the agent's configuration (validated against the agent's own schema)
-ca.crt        the fleet CA (verifies the broker)
+ca.crt        the fleet CA (verifies the broker, and the operators who sign commands)
 node.crt/key  the node's client certificate and key (CN = node id), 0600
+audit.key     the node secret that keys its audit log's chain (the fleet keeps this copy), 0600
 node.json     what was provisioned (hardware, serial, expiry), for the installer and people
 install.sh    installer (install.py: stdlib only, runs on a fresh Raspberry Pi OS)
 vigil_slots.py  release slots and the service's launcher (agent/update/slots.py, stdlib only)
@@ -13,6 +14,7 @@ system/       systemd units, udev rules, journald and watchdog drop-ins
 from __future__ import annotations
 
 import json
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from cryptography import x509
 
 from agent.config import ConfigError, validate
 from agent.config.loader import deep_merge
+from agent.config.privacy import AuditConfig
 from agent.config.schema import Config
 from agent.update import slots
 from provisioning import units
@@ -31,6 +34,8 @@ from provisioning.install import CONFIG_DIR, SLOTS_MODULE, STATE_DIR
 from provisioning.inventory import NodeSpec
 
 BUNDLE_DIR_MODE = 0o700  # it holds a private key
+AUDIT_KEY = "audit.key"
+AUDIT_KEY_BYTES = 32
 
 
 def _schema_field(section: str, name: str) -> bool:
@@ -82,6 +87,8 @@ def node_config(spec: NodeSpec, settings: FleetSettings) -> dict[str, Any]:
     }
     if spec.modem != NO_MODEM and _schema_field("modem", "port") and _schema_field("gnss", "port"):
         own.update(modem_settings(spec))
+    if "key_file" in AuditConfig.model_fields:
+        own["privacy"] = {"audit": {"key_file": f"{CONFIG_DIR}/{AUDIT_KEY}"}}
     return deep_merge(settings.agent, own)
 
 
@@ -116,6 +123,19 @@ def node_info(spec: NodeSpec, settings: FleetSettings, cert: x509.Certificate) -
     return (json.dumps(info, indent=2, sort_keys=True) + "\n").encode()
 
 
+def audit_key(existing: Path, renew: bool) -> bytes:
+    """The node's audit secret: the one in its bundle, unless a new one is due (a re-issued node is new
+    hardware and starts a new log) or it is unusable. 32 random bytes as hex (agent.privacy.auditkey)."""
+    if not renew:
+        try:
+            text = existing.read_text(encoding="ascii").strip()
+            if len(text) == 2 * AUDIT_KEY_BYTES and bytes.fromhex(text):
+                return (text + "\n").encode()
+        except (OSError, UnicodeDecodeError, ValueError):
+            pass
+    return (secrets.token_hex(AUDIT_KEY_BYTES) + "\n").encode()
+
+
 def bundle_files(
     spec: NodeSpec,
     settings: FleetSettings,
@@ -123,6 +143,7 @@ def bundle_files(
     cert: x509.Certificate,
     cert_pem: bytes,
     key_pem: bytes,
+    audit_secret: bytes,
     release_key: bytes | None = None,
 ) -> dict[str, tuple[bytes, int]]:
     """Bundle file name -> (content, mode). Must cover install.BUNDLE_FILES exactly (optional ones when
@@ -136,6 +157,7 @@ def bundle_files(
         "ca.crt": (ca_pem, 0o644),
         "node.crt": (cert_pem, 0o600),
         "node.key": (key_pem, 0o600),
+        AUDIT_KEY: (audit_secret, 0o600),
         "node.json": (node_info(spec, settings, cert), 0o644),
         "install.py": (installer, 0o755),
         "install.sh": (units.install_sh().encode(), 0o755),

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from agent.control.roles import ROLE_UNIT_PREFIX, cert_role
 from provisioning.errors import ProvisionError
 
 Kind = Literal["node", "operator", "server"]
@@ -210,17 +211,20 @@ class CA:
         *,
         dns_names: Iterable[str] = (),
         ip_addresses: Iterable[str] = (),
+        role: str | None = None,
     ) -> x509.Certificate:
-        """A leaf certificate: clientAuth for nodes and operators (CN = MQTT username), serverAuth for the broker."""
+        """A leaf certificate: clientAuth for nodes and operators (CN = MQTT username), serverAuth for the
+        broker. An operator's role (agent.control.roles) is a second organisational unit, `role:ROLE`,
+        which nodes read from signed commands."""
         start = now()
         end = min(start + dt.timedelta(days=days), self.cert.not_valid_after_utc)
-        subject = x509.Name(
-            [
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, self.fleet_org),
-                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, kind),
-                x509.NameAttribute(NameOID.COMMON_NAME, cn),
-            ]
-        )
+        attributes = [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, self.fleet_org),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, kind),
+        ]
+        if role is not None:
+            attributes.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ROLE_UNIT_PREFIX + role))
+        subject = x509.Name([*attributes, x509.NameAttribute(NameOID.COMMON_NAME, cn)])
         usage = ExtendedKeyUsageOID.SERVER_AUTH if kind == "server" else ExtendedKeyUsageOID.CLIENT_AUTH
         builder = (
             x509.CertificateBuilder()
@@ -357,12 +361,15 @@ def reuse_or_issue(
     force: bool = False,
     dns_names: Iterable[str] = (),
     ip_addresses: Iterable[str] = (),
+    role: str | None = None,
 ) -> Leaf:
     """Keep the certificate on disk if it is right; otherwise issue a new one (with a new key only
     when there is no usable key or a new one is asked for), so re-runs change nothing."""
     key = None if force else load_key(key_path)
     cert = None if force else load_cert(cert_path)
     problem = "new key requested" if force else ca.leaf_problem(cert, key, cn, renew_before, revoked)
+    if problem is None and cert is not None and kind == "operator" and cert_role(cert) != role:
+        problem = f"role {cert_role(cert) or 'none'} -> {role}"
     if problem is None and cert is not None and (dns_names or ip_addresses):
         try:
             sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -378,5 +385,5 @@ def reuse_or_issue(
     fresh = key is None
     if key is None:
         key = new_key()
-    cert = ca.issue(cn, key.public_key(), days, kind, dns_names=dns_names, ip_addresses=ip_addresses)
+    cert = ca.issue(cn, key.public_key(), days, kind, dns_names=dns_names, ip_addresses=ip_addresses, role=role)
     return Leaf(cert, cert_pem(cert), key_pem(key), problem, new_key=fresh)

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from agent.control.roles import ROLES
 from provisioning import commands, listing, release_cli
 from provisioning.broker import KINDS as BROKER_KINDS
 from provisioning.broker import MESSAGE_BYTES, NODE_RATE, OUTAGE_S, BrokerOptions
@@ -63,7 +64,7 @@ def cmd_from_inventory(args: argparse.Namespace, fleet: Fleet) -> commands.Outco
 
 
 def cmd_add_operator(args: argparse.Namespace, fleet: Fleet) -> commands.Outcome:
-    return commands.add_operator(fleet, args.name, args.days, args.reissue)
+    return commands.add_operator(fleet, args.name, args.days, args.reissue, args.role)
 
 
 def cmd_broker_config(args: argparse.Namespace, fleet: Fleet) -> commands.Outcome:
@@ -122,6 +123,8 @@ def cmd_list(args: argparse.Namespace, fleet: Fleet) -> commands.Outcome:
         if row["kind"] not in ("node", "operator", "broker"):
             continue
         state = str(row["state"]) + (f" {row['revoked_at']}" if row["revoked_at"] else "")
+        if row.get("role"):
+            state += f", role {row['role']}"
         out.say(
             f"{row['kind']:<9} {row['id']!s:<22} {str(row['site'])[:24]:<24} {str(row['serial'])[:12]:<14} "
             f"{row['expires']!s:<11} {state}"
@@ -243,10 +246,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_from_inventory)
 
     p = sub.add_parser(
-        "add-operator", help="a back-office client certificate (reads all nodes, sends commands)"
+        "add-operator",
+        help="a back-office client certificate with a role (reads all nodes; sends the commands its role allows)",
+        description="Roles: viewer (read only: ping, status, config/get; e.g. the ingest), operator (also "
+        "config/set and snapshots), admin (also model and agent updates, modem reset, restart). The role is "
+        "written into the certificate (nodes check it on every signed command) and into the broker ACL. "
+        "Changing an operator's role issues a new certificate and revokes the earlier ones.",
     )
     _fleet_option(p)
     p.add_argument("name")
+    p.add_argument(
+        "--role",
+        choices=ROLES,
+        help="what the operator may do (default: the role it has; viewer for a new operator)",
+    )
     p.add_argument("--days", type=int, help="validity in days (default from fleet.toml)")
     p.add_argument("--reissue", action="store_true", help="new key and certificate")
     p.set_defaults(func=cmd_add_operator)

@@ -8,8 +8,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.control.roles import ROLES
 from provisioning import broker as broker_mod
-from provisioning.bundle import BUNDLE_DIR_MODE, bundle_files
+from provisioning.bundle import AUDIT_KEY, BUNDLE_DIR_MODE, audit_key, bundle_files
 from provisioning.ca import (
     CA,
     Leaf,
@@ -205,7 +206,10 @@ def provision_nodes(
         plan.dir(fleet.nodes_dir, 0o700)
         plan.dir(folder, BUNDLE_DIR_MODE)
         plan.dir(folder / "system", 0o755)
-        files = bundle_files(spec, loaded.settings, ca_pem, leaf.cert, leaf.cert_pem, leaf.key_pem, release_key)
+        secret = audit_key(folder / AUDIT_KEY, renew=spec.id in reissue)
+        files = bundle_files(
+            spec, loaded.settings, ca_pem, leaf.cert, leaf.cert_pem, leaf.key_pem, secret, release_key
+        )
         for name, (data, mode) in files.items():
             plan.file(spec.id, folder / name, data, mode)
     if problems:  # nothing has been written yet
@@ -241,9 +245,16 @@ def provision_nodes(
 # -- operators ---------------------------------------------------------------------------------------
 
 
-def add_operator(fleet: Fleet, name: str, days: int | None, reissue: bool) -> Outcome:
+def add_operator(
+    fleet: Fleet, name: str, days: int | None, reissue: bool, role: str | None = None
+) -> Outcome:
+    """An operator certificate with a role (agent.control.roles). Without --role an existing operator
+    keeps its role and a new one is a viewer. A changed role means a new certificate (same key) and
+    the earlier ones revoked: a downgraded operator must not keep signing with its old role."""
     if not is_identity(name):
         raise ProvisionError(f"operator name {name!r} must be {IDENTITY_RULE}")
+    if role is not None and role not in ROLES:
+        raise ProvisionError(f"--role {role!r} must be one of {', '.join(ROLES)}")
     loaded = load(fleet)
     inv = loaded.inventory
     if name in inv.nodes:
@@ -253,6 +264,7 @@ def add_operator(fleet: Fleet, name: str, days: int | None, reissue: bool) -> Ou
         raise ProvisionError(
             f"operator {name!r} is revoked; pass --reissue to give it a new key and certificate"
         )
+    wanted = role or issued.role or ("viewer" if issued.serial is None else None)
     folder = fleet.operator_dir(name)
     leaf = reuse_or_issue(
         loaded.ca,
@@ -264,10 +276,15 @@ def add_operator(fleet: Fleet, name: str, days: int | None, reissue: bool) -> Ou
         renew_before=loaded.renew_before,
         revoked=loaded.revoked_serials(),
         force=reissue,
+        role=wanted,
     )
     retired, problem = retire_earlier("operator", name, issued, leaf, reissue=reissue, flag="--reissue")
     if problem is not None:
         raise ProvisionError(problem)
+    role_changed = leaf.reason is not None and leaf.reason.startswith("role ")
+    if role_changed:  # the same key, but no earlier certificate may keep speaking with the old role
+        retired += issued.revoke([s for s in issued.issued if s not in issued.revoked], now())
+    issued.role = wanted
     issued.record(serial_hex(leaf.cert.serial_number), leaf.cert.not_valid_after_utc)
     inv.operators[name] = issued
     plan = Plan()
@@ -279,11 +296,12 @@ def add_operator(fleet: Fleet, name: str, days: int | None, reissue: bool) -> Ou
     plan.file("inventory", fleet.inventory_file, inv.dump(), 0o600)
     changed = plan.apply()
     out = Outcome()
+    shown = wanted or "none: issued before roles; re-run with --role to sign commands"
     if leaf.reason is None and not changed.get(name):
-        out.say(f"operator {name}: unchanged ({folder})")
+        out.say(f"operator {name} ({shown}): unchanged ({folder})")
     else:
         out.say(
-            f"operator {name}: certificate {serial_hex(leaf.cert.serial_number)[:12]}…, valid until "
+            f"operator {name} ({shown}): certificate {serial_hex(leaf.cert.serial_number)[:12]}…, valid until "
             f"{leaf.cert.not_valid_after_utc:%Y-%m-%d}, in {folder}",
             changed=True,
         )

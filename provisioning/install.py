@@ -72,6 +72,7 @@ BUNDLE_FILES: tuple[BundleFile, ...] = (
     BundleFile("ca.crt"),
     BundleFile("node.crt"),
     BundleFile("node.key", 0o600, owner=USER, group=USER),
+    BundleFile("audit.key", 0o640, group=USER),  # the audit chain's key: the agent reads it, cannot change it
     BundleFile("node.json", restarts_agent=False),
     BundleFile("install.py", 0o755, restarts_agent=False),
     BundleFile("install.sh", 0o755, restarts_agent=False),

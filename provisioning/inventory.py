@@ -17,6 +17,7 @@ from typing import Any
 
 import tomli_w
 
+from agent.control.roles import ROLES
 from provisioning.errors import ProvisionError
 from provisioning.hardware import CAMERAS, MODEM_MANAGERS, MODEMS, NO_MODEM, RTSP_PREFIXES
 from provisioning.names import IDENTITY_RULE, has_control_chars, is_apn, is_identity
@@ -174,6 +175,7 @@ class Issued:
     expires: dict[str, dt.datetime] = field(
         default_factory=dict
     )  # serial -> not after (older inventories lack it)
+    role: str | None = None  # operators: viewer, operator or admin (None: issued before roles existed)
 
     @property
     def is_revoked(self) -> bool:
@@ -219,6 +221,8 @@ class Issued:
             out["revoked"] = dict(sorted(self.revoked.items()))
         if self.expires:
             out["expires"] = dict(sorted(self.expires.items()))
+        if self.role:
+            out["role"] = self.role
         return out
 
     @classmethod
@@ -231,6 +235,7 @@ class Issued:
             issued=[str(s) for s in data.get("issued", [])],
             revoked={k: v for k, v in revoked.items() if v is not None},
             expires={k: v for k, v in expires.items() if v is not None},
+            role=str(data["role"]) if data.get("role") in ROLES else None,
         )
 
 

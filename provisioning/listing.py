@@ -114,6 +114,7 @@ def listing(fleet: Fleet) -> list[dict[str, object]]:
                     if issued.is_revoked and issued.serial
                     else "",
                     "serials": serials(issued),
+                    **({"role": issued.role or "none (issued before roles)"} if kind == "operator" else {}),
                 }
             )
     rows.append(crl_row("crl", fleet.crl, loaded, current))

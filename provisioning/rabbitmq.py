@@ -27,7 +27,7 @@ import json
 import re
 import struct
 
-from provisioning.broker import BrokerOptions, Sizing, duration, human_bytes
+from provisioning.broker import BrokerOptions, Sizing, command_topics, duration, human_bytes, operator_role
 from provisioning.errors import ProvisionError
 from provisioning.fleet import FleetSettings
 from provisioning.inventory import Inventory
@@ -53,11 +53,18 @@ def _rx(text: str) -> str:
     return re.sub(r"([\\^$.|?*+()\[\]{}/-])", r"\\\1", text)
 
 
-def topic_permissions(settings: FleetSettings, name: str, operator: bool) -> dict[str, str]:
-    """The Mosquitto ACL for one identity, as RabbitMQ topic permissions on amq.topic."""
+def topic_permissions(
+    settings: FleetSettings, name: str, operator: bool, role: str | None = None
+) -> dict[str, str]:
+    """The Mosquitto ACL for one identity, as RabbitMQ topic permissions on amq.topic. An operator
+    reads every node and writes the commands its role allows (all of them for admin)."""
     prefix = _rx(amqp_topic(settings.topic_prefix))
-    if operator:  # reads every node, writes commands to any node
-        return {"write": rf"^{prefix}\.[^.]+\.cmd\.", "read": rf"^{prefix}\."}
+    if operator:
+        topics = command_topics(operator_role(role))
+        if topics == ["#"]:
+            return {"write": rf"^{prefix}\.[^.]+\.cmd\.", "read": rf"^{prefix}\."}
+        names = "|".join(_rx(amqp_topic(t)) for t in topics)
+        return {"write": rf"^{prefix}\.[^.]+\.cmd\.({names})$", "read": rf"^{prefix}\."}
     node = _rx(amqp_topic(name))
     return {"write": rf"^{prefix}\.{node}\.", "read": rf"^{prefix}\.{node}\.cmd\."}
 
@@ -74,8 +81,10 @@ def resource_permissions(name: str) -> dict[str, str]:
 
 
 def definitions(settings: FleetSettings, inventory: Inventory) -> dict[str, object]:
-    identities = [(n, False) for n, e in sorted(inventory.nodes.items()) if not e.cert.is_revoked]
-    identities += [(n, True) for n, i in sorted(inventory.operators.items()) if not i.is_revoked]
+    identities: list[tuple[str, bool, str | None]] = [
+        (n, False, None) for n, e in sorted(inventory.nodes.items()) if not e.cert.is_revoked
+    ]
+    identities += [(n, True, i.role) for n, i in sorted(inventory.operators.items()) if not i.is_revoked]
     return {
         "users": [
             {
@@ -84,18 +93,18 @@ def definitions(settings: FleetSettings, inventory: Inventory) -> dict[str, obje
                 "hashing_algorithm": "rabbit_password_hashing_sha256",
                 "tags": [],
             }
-            for name, _ in identities
+            for name, _, _ in identities
         ],
         "vhosts": [{"name": "/"}],
-        "permissions": [{"user": name, "vhost": "/", **resource_permissions(name)} for name, _ in identities],
+        "permissions": [{"user": name, "vhost": "/", **resource_permissions(name)} for name, _, _ in identities],
         "topic_permissions": [
             {
                 "user": name,
                 "vhost": "/",
                 "exchange": "amq.topic",
-                **topic_permissions(settings, name, operator),
+                **topic_permissions(settings, name, operator, role),
             }
-            for name, operator in identities
+            for name, operator, role in identities
         ],
     }
 

@@ -28,6 +28,8 @@ def base_config(state_dir: Path, broker: str | None = None) -> dict[str, Any]:
         "telemetry": {"interval_s": 60},
         "modem": {"mode": "off"},
         "gnss": {"source": "none"},
+        # the tests send commands faster than an operator: the rate limit has its own test
+        "control": {"rate_per_min": 6000, "rate_burst": 1000},
     }
     if broker:
         cfg["uplink"] = {"broker": broker, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0, "keepalive_s": 5}
@@ -46,9 +48,11 @@ class AgentHarness:
         simulate: bool = True,
         trusted_clock: bool = False,
         config_path: Path | None = None,
+        clock: Clock | None = None,
     ) -> None:
         data = deep_merge(base_config(state_dir, broker), config or {})
-        clock = Clock(ntp_probe=lambda: True) if trusted_clock else Clock(ntp_probe=lambda: False)
+        if clock is None:
+            clock = Clock(ntp_probe=lambda: True) if trusted_clock else Clock(ntp_probe=lambda: False)
         options = RunOptions(
             simulate=simulate, print_events=False, install_signal_handlers=False, config_path=config_path
         )

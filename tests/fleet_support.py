@@ -200,6 +200,7 @@ class Agents:
             VIGIL_UPLINK__TLS__CA_FILE=str(bundle / "ca.crt"),
             VIGIL_UPLINK__TLS__CERT_FILE=str(bundle / "node.crt"),
             VIGIL_UPLINK__TLS__KEY_FILE=str(bundle / "node.key"),
+            VIGIL_PRIVACY__AUDIT__KEY_FILE=str(bundle / "audit.key"),
             VIGIL_UPLINK__RECONNECT_MAX_S="2",
             VIGIL_EVENTS__STDOUT="true",  # every accepted event as a JSON line: what the node sent
         )

@@ -40,7 +40,7 @@ def node_config(folder: Path, broker: Mosquitto, releases: Releases) -> Path:
     config.write_text(f"""
 [node]
 id = "node-1"
-state_dir = "{folder / 'state'}"
+state_dir = "{folder / "state"}"
 [capture]
 source = "synthetic:3"
 fps = 10.0
@@ -60,7 +60,7 @@ source = "none"
 [http]
 listen = "off"
 [update]
-releases_dir = "{folder / 'opt' / 'releases'}"
+releases_dir = "{folder / "opt" / "releases"}"
 public_key = "{releases.public_key}"
 python = "{SYSTEM_PYTHON}"
 probation_timeout_s = {PROBATION_S}
@@ -90,7 +90,9 @@ def running_version(operator: Operator, timeout: float) -> str | None:
     while time.monotonic() < deadline:
         request_id = uuid.uuid4().hex[:12]
         operator.publish("ping", json.dumps({"id": request_id}).encode())
-        if operator.sub.wait_for(lambda _ms, rid=request_id: any(r["id"] == rid for r in operator.replies()), 1.0):
+        if operator.sub.wait_for(
+            lambda _ms, rid=request_id: any(r["id"] == rid for r in operator.replies()), 1.0
+        ):
             return next(r for r in operator.replies() if r["id"] == request_id)["data"]["agent"]
     return None
 
@@ -122,7 +124,10 @@ def broker(tmp_path):
 def test_upgrade_and_rollbacks_through_real_restarts(tmp_path, broker):
     releases = Releases(tmp_path / "releases")
     base, good = releases.build("1.0.0"), releases.build("1.1.0")
-    crashing, unreachable = releases.build("1.2.0", defect="crash"), releases.build("1.3.0", defect="no-broker")
+    crashing, unreachable = (
+        releases.build("1.2.0", defect="crash"),
+        releases.build("1.3.0", defect="no-broker"),
+    )
     opt = tmp_path / "node" / "opt"
     layout = slots.Layout(opt / "releases")
     first_boot(layout, base, releases.public_key)
@@ -138,7 +143,9 @@ def test_upgrade_and_rollbacks_through_real_restarts(tmp_path, broker):
             # A release altered after signing: refused before anything is installed; the node keeps running.
             bad, bad_sha = tampered(good, tmp_path / "tampered.tar")
             reply, _ = update(operator, {"path": str(bad), "sha256": bad_sha, "version": "1.1.0"})
-            assert reply["status"] == "error" and "does not match the signed manifest" in reply["message"], reply
+            assert reply["status"] == "error" and "does not match the signed manifest" in reply["message"], (
+                reply
+            )
             assert slots.current(layout) == "1.0.0" and not layout.slot("1.1.0").exists()
             assert len(loop.runs) == 1 and loop.exits() == [None]
             assert any(e["action"] == "agent.update_refused" for e in audit.entries())
@@ -149,7 +156,9 @@ def test_upgrade_and_rollbacks_through_real_restarts(tmp_path, broker):
                 operator, {"url": files.url_for(good.path.name), "sha256": good.sha256, "version": "1.1.0"}
             )
             assert reply["status"] == "ok" and "on probation" in reply["message"], reply
-            download = [p for p in progress if p["data"].get("stage") == "download" and "percent" in p["data"]]
+            download = [
+                p for p in progress if p["data"].get("stage") == "download" and "percent" in p["data"]
+            ]
             assert download and download[-1]["data"]["percent"] == 100
             assert any("attempt 2" in p["message"] for p in progress)  # the cut, retried
             assert [r for _, r in files.requests if r][-1].startswith("bytes=")  # … from where it stopped
@@ -163,9 +172,13 @@ def test_upgrade_and_rollbacks_through_real_restarts(tmp_path, broker):
 
             # 1.2.0 crashes at every start: two starts, then the launcher goes back to 1.1.0, which reports it.
             runs_before = len(loop.runs)
-            reply, _ = update(operator, {"path": str(crashing.path), "sha256": crashing.sha256, "version": "1.2.0"})
+            reply, _ = update(
+                operator, {"path": str(crashing.path), "sha256": crashing.sha256, "version": "1.2.0"}
+            )
             assert reply["status"] == "ok", reply
-            assert operator.sub.wait_for(lambda _ms: events(operator, "agent_update_failed"), 180), loop.exits()
+            assert operator.sub.wait_for(lambda _ms: events(operator, "agent_update_failed"), 180), (
+                loop.exits()
+            )
             (failed,) = events(operator, "agent_update_failed")
             assert failed["priority"] == "critical" and failed["from_version"] == "1.2.0"
             assert failed["to_version"] == "1.1.0" and "stopped 2 time(s)" in failed["reason"]
@@ -179,14 +192,16 @@ def test_upgrade_and_rollbacks_through_real_restarts(tmp_path, broker):
                 operator, {"path": str(unreachable.path), "sha256": unreachable.sha256, "version": "1.3.0"}
             )
             assert reply["status"] == "ok", reply
-            assert operator.sub.wait_for(lambda _ms: len(events(operator, "agent_update_failed")) == 2,
-                                         PROBATION_S + 180), loop.exits()
+            assert operator.sub.wait_for(
+                lambda _ms: len(events(operator, "agent_update_failed")) == 2, PROBATION_S + 180
+            ), loop.exits()
             second = events(operator, "agent_update_failed")[-1]
             assert second["from_version"] == "1.3.0" and second["to_version"] == "1.1.0"
             assert f"did not connect to the broker within {PROBATION_S} s" in second["reason"], second
             assert running_version(operator, 30) == "1.1.0" and slots.current(layout) == "1.1.0"
             assert set(slots.load_state(layout)["failed"]) == {"1.2.0", "1.3.0"}
 
+        audit = AuditLog(audit.folder)  # read again: the node made its audit key after the first look
         actions = [e["action"] for e in audit.entries()]
         assert actions.count("agent.update_installed") == 3 and actions.count("agent.update_rolled_back") == 2
         assert actions.count("agent.update_confirmed") == 1 and audit.verify() == []

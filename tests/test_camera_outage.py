@@ -31,6 +31,7 @@ import pytest
 import tomli_w
 from prometheus_client.parser import text_string_to_metric_families
 
+from fleet.wire import expand  # the consumer's view: vigil.event/1.1 restored to every field
 from tests.agent_harness import AgentHarness
 from tests.brokers import Collector, Mosquitto, Received, free_port
 from tests.cameras import StreamCamera, transport_stream
@@ -83,7 +84,9 @@ class NotifySocket:
 
     def statuses(self) -> list[str]:
         with self._cond:
-            return [line[7:] for _, m in self.messages for line in m.splitlines() if line.startswith("STATUS=")]
+            return [
+                line[7:] for _, m in self.messages for line in m.splitlines() if line.startswith("STATUS=")
+            ]
 
     def close(self) -> None:
         self._closed = True
@@ -91,7 +94,7 @@ class NotifySocket:
 
 
 def events(messages: list[Received], kind: str | None = None) -> list[dict[str, Any]]:
-    found = [json.loads(m.payload) for m in messages if m.topic == f"vigil/{NODE}/events"]
+    found = [expand(json.loads(m.payload), NODE) for m in messages if m.topic == f"vigil/{NODE}/events"]
     return [e for e in found if kind is None or e["type"] == kind]
 
 
@@ -117,32 +120,45 @@ def status_page(port: int, timeout: float = 30.0) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_a_camera_that_boots_20s_after_the_agent_is_waited_for_and_reported(tmp_path, clip_ts, event_validator):
+def test_a_camera_that_boots_20s_after_the_agent_is_waited_for_and_reported(
+    tmp_path, clip_ts, event_validator
+):
     broker = Mosquitto(tmp_path / "broker").start()
     collector = Collector(broker.url, ["vigil/#"])
     camera = StreamCamera(clip_ts, tmp_path)  # off for now: the IP camera is still booting
     notify = NotifySocket()
     http_port = free_port()
     config = tmp_path / "node.toml"
-    config.write_text(tomli_w.dumps({
-        "node": {"id": NODE, "state_dir": str(tmp_path / "state")},
-        "capture": {"source": camera.url, "reconnect_max_s": 4.0},  # a short cap keeps the test short
-        "detect": {"model": "vigil-synth"},
-        "uplink": {"broker": broker.url, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0},
-        "telemetry": {"interval_s": 5},
-        "http": {"listen": f"127.0.0.1:{http_port}"},
-        "events": {"stdout": False},
-        "modem": {"port": "vigilemu://pole7", "poll_interval_s": 1.0},  # the built-in emulated EC25
-        "gnss": {"source": "none"},
-    }))
+    config.write_text(
+        tomli_w.dumps(
+            {
+                "node": {"id": NODE, "state_dir": str(tmp_path / "state")},
+                "capture": {"source": camera.url, "reconnect_max_s": 4.0},  # a short cap keeps the test short
+                "detect": {"model": "vigil-synth"},
+                "uplink": {"broker": broker.url, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0},
+                "telemetry": {"interval_s": 5},
+                "http": {"listen": f"127.0.0.1:{http_port}"},
+                "events": {"stdout": False},
+                "modem": {"port": "vigilemu://pole7", "poll_interval_s": 1.0},  # the built-in emulated EC25
+                "gnss": {"source": "none"},
+            }
+        )
+    )
     log = (tmp_path / "agent.log").open("w")
     env = agent_env(NOTIFY_SOCKET=notify.address, WATCHDOG_USEC="2000000")  # WatchdogSec=2: a ping a second
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "--config", str(config)], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "--config", str(config)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         # Everything else starts without the camera: systemd hears READY, the broker the retained status.
-        assert notify.wait_for(lambda ms: any("READY=1" in m for m in ms), 60), (tmp_path / "agent.log").read_text()
+        assert notify.wait_for(lambda ms: any("READY=1" in m for m in ms), 60), (
+            tmp_path / "agent.log"
+        ).read_text()
         assert "waiting for the camera (cannot open http://***@127.0.0.1" in notify.statuses()[0]
         assert collector.wait_for(lambda ms: any(s["state"] == "online" for s in status_messages(ms)), 30)
         page = status_page(http_port)
@@ -152,12 +168,19 @@ def test_a_camera_that_boots_20s_after_the_agent_is_waited_for_and_reported(tmp_
         assert collector.wait_for(lambda ms: events(ms, "camera_lost"), 30)
         lost_at = time.monotonic()
         lost = events(collector.snapshot(), "camera_lost")[0]
-        assert lost["priority"] == "critical" and lost["reason"].startswith("lost: cannot open http://***@127.0.0.1:")
+        assert lost["priority"] == "critical" and lost["reason"].startswith(
+            "lost: cannot open http://***@127.0.0.1:"
+        )
         assert "not opened since start" in lost["reason"] and "secret" not in json.dumps(lost)
         assert lost_at - started >= 10
+
         # The status page and telemetry say so meanwhile; the retained status too.
         def lost_with_modem_online(t: dict[str, Any]) -> bool:
-            return t["camera"]["stream"] == "lost" and t["camera"]["ok"] is False and t["modem"]["state"] == "online"
+            return (
+                t["camera"]["stream"] == "lost"
+                and t["camera"]["ok"] is False
+                and t["modem"]["state"] == "online"
+            )
 
         assert collector.wait_for(lambda ms: any(lost_with_modem_online(t) for t in telemetry(ms)), 20), [
             (t["camera"], t["modem"]) for t in telemetry(collector.snapshot())
@@ -179,7 +202,9 @@ def test_a_camera_that_boots_20s_after_the_agent_is_waited_for_and_reported(tmp_
         assert proc.poll() is None and len(events(collector.snapshot(), "camera_lost")) == 1
         camera_on = time.monotonic()
         camera.start()
-        assert collector.wait_for(lambda ms: events(ms, "camera_recovered"), 60), (tmp_path / "agent.log").read_text()
+        assert collector.wait_for(lambda ms: events(ms, "camera_recovered"), 60), (
+            tmp_path / "agent.log"
+        ).read_text()
         recovered = events(collector.snapshot(), "camera_recovered")[0]
         assert recovered["priority"] == "critical" and recovered["duration_s"] >= 19
         # systemd heard the watchdog the whole time the camera was away (a ping a second)
@@ -213,7 +238,9 @@ def test_a_camera_that_boots_20s_after_the_agent_is_waited_for_and_reported(tmp_
 
 
 @pytest.mark.slow
-def test_a_flapping_stream_is_one_unstable_and_one_stable_event_not_a_storm(tmp_path, clip_ts, event_validator):
+def test_a_flapping_stream_is_one_unstable_and_one_stable_event_not_a_storm(
+    tmp_path, clip_ts, event_validator
+):
     broker = Mosquitto(tmp_path / "broker").start()
     collector = Collector(broker.url, ["vigil/#"])
     camera = StreamCamera(clip_ts, tmp_path, session_s=2.0).start()  # the stream ends every 2 s
@@ -268,9 +295,24 @@ def test_an_absent_webcam_is_waited_for_and_the_agent_still_stops_promptly(tmp_p
     """What used to exit 1 ("cannot open webcam 7") and flap under systemd now waits, says why, and
     still stops promptly while it waits."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "--source", "webcam:7", "--max-frames", "5", "--http", "off",
-         "--state-dir", str(tmp_path / "state")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=agent_env(),
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "--source",
+            "webcam:7",
+            "--max-frames",
+            "5",
+            "--http",
+            "off",
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=agent_env(),
     )
     lines: queue.Queue[str] = queue.Queue()
     reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr or ()], daemon=True)
@@ -279,8 +321,10 @@ def test_an_absent_webcam_is_waited_for_and_the_agent_still_stops_promptly(tmp_p
     try:
         while not any("retrying in" in line for line in seen):
             seen.append(lines.get(timeout=60))
-        assert any("cannot open webcam 7 (/dev/video7 does not exist); retrying in 1.0s (attempt 1)" in line
-                   for line in seen), seen
+        assert any(
+            "cannot open webcam 7 (/dev/video7 does not exist); retrying in 1.0s (attempt 1)" in line
+            for line in seen
+        ), seen
         assert proc.poll() is None  # not an exit: the camera may still be plugged in
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)

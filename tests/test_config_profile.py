@@ -111,3 +111,13 @@ def test_the_agent_warns_at_start(tmp_path: Path):
         assert f"uplink: connected to mqtt://{address}:{port}" in res.stderr  # a real broker, really used
     finally:
         broker.stop()
+
+
+def test_production_refuses_unsigned_commands_that_change_the_node(tmp_path: Path):
+    """Signed commands (item 9): a production node may accept unsigned requests as a viewer at most."""
+    production = '[node]\nprofile = "production"\n[uplink]\nbroker = "mqtts://b.example:8883"\n'
+    code, _, err = check(write(tmp_path, f'{production}[control]\nunsigned_role = "admin"\n'))
+    assert code == 2 and "control.unsigned_role" in err
+    assert check(write(tmp_path, f'{production}[control]\nunsigned_role = "viewer"\n'))[0] == 0
+    code, _, err = check(write(tmp_path, '[control]\nunsigned_role = "operator"\n'))
+    assert code == 0 and "control.unsigned_role" in err  # development: a warning

@@ -194,3 +194,54 @@ def test_a_broker_killed_mid_stream_loses_nothing_and_permissions_hold(rig: Clus
     assert mqtt_connect(rig.ports[2], rig.tls("pole-c"), "pole-c") == "revoked"
     assert events_received(rig.db) == accepted  # nothing from the intruder arrived
     print(f"accepted {accepted}, each stored once through a broker crash; {figures}")
+
+
+def test_operator_roles_hold_on_rabbitmq(tmp_path: Path):
+    """The generated topic permissions carry the roles: a viewer may publish ping but not restart, an
+    admin both (one broker of the generated configuration, the real `vigil-fleet cmd`)."""
+    need_rabbitmq()
+    fleet, port = tmp_path / "fleet", free_port()
+    url = f"mqtts://localhost:{port}"
+
+    def run(*args: str) -> None:
+        assert provision(["--fleet", str(fleet), *args]) == 0, args
+
+    run("init-ca", "--broker", url, "--name", "roles-city")
+    run("add-node", "pole-a")
+    run("add-operator", "bob", "--role", "viewer")
+    run("add-operator", "alice", "--role", "admin")
+    out = tmp_path / "broker"
+    run("broker-config", "--kind", "rabbitmq", "--out", str(out), "--port", str(port), "--bind", "127.0.0.1",
+        "--host", "localhost")
+    broker = RabbitNode(tmp_path / "rabbit", name=f"vigil{port}@localhost", config=out / "rabbitmq.conf",
+                        plugins=out / "enabled_plugins", advanced=out / "advanced.config",
+                        cookie_home=cookie_home(tmp_path / "erlang"), mqtt_port=port)
+    broker.start()
+    try:
+        def tls(name: str) -> ssl.SSLContext:
+            folder = fleet / "operators" / name
+            context = ssl.create_default_context(cafile=str(fleet / "ca" / "ca.crt"))
+            context.load_cert_chain(str(folder / f"{name}.crt"), str(folder / f"{name}.key"))
+            return context
+
+        viewer = Publisher(url, "bob", tls=tls("bob"))
+        try:
+            refused = viewer.client.publish("vigil/pole-a/cmd/restart", b'{"id": "r1"}', qos=1)
+            refused.wait_for_publish(5)
+            assert not refused.is_published()  # RabbitMQ refuses it (and closes the connection)
+        finally:
+            viewer.close()
+        viewer = Publisher(url, "bob", tls=tls("bob"))
+        try:
+            viewer.publish("vigil/pole-a/cmd/ping", b'{"id": "p1"}')  # acknowledged: a viewer may ping
+        finally:
+            viewer.close()
+        admin = Publisher(url, "alice", tls=tls("alice"))
+        try:
+            admin.publish("vigil/pole-a/cmd/restart", b'{"id": "r2"}')
+        finally:
+            admin.close()
+        res = fleet_cli("cmd", "pole-a", "restart", "--fleet", str(fleet), "--operator", "bob", "--timeout", "5s")
+        assert res.returncode == 1 and "refused" in res.stdout, res.stdout + res.stderr
+    finally:
+        broker.kill()

@@ -166,3 +166,46 @@ def test_rabbitmq_config_has_the_same_identities_and_permissions(fleet: Path, ca
     assert "rabbitmqctl delete_user pole-b" in (out_dir / "revoked.txt").read_text()
     crl = x509.load_pem_x509_crl(crl_files[0].read_bytes())
     assert len(list(crl)) == 1
+
+
+def test_operator_roles_become_broker_permissions_and_certificates(fleet: Path, capsys, tmp_path: Path):
+    from agent.control.roles import cert_role
+
+    for name, role in (("alice", "admin"), ("carol", "operator"), ("bob", "viewer")):
+        assert run(capsys, fleet, "add-operator", name, "--role", role)[0] == 0
+    cert = x509.load_pem_x509_certificate((fleet / "operators" / "carol" / "carol.crt").read_bytes())
+    assert cert_role(cert) == "operator"
+    out_dir = tmp_path / "rabbit"
+    assert run(capsys, fleet, "broker-config", "--kind", "rabbitmq", "--out", str(out_dir))[0] == 0
+    assert run(capsys, fleet, "broker-config")[0] == 0
+    topics = {t["user"]: t for t in json.loads((out_dir / "definitions.json").read_text())["topic_permissions"]}
+    acl = (fleet / "broker" / "acl").read_text()
+
+    def rabbit_may(user: str, command: str) -> bool:
+        return re.search(topics[user]["write"], amqp_topic(f"vigil/pole-a/cmd/{command}")) is not None
+
+    def mosquitto_may(user: str, command: str) -> bool:
+        block = acl.split(f"\nuser {user}\n")[1].split("\n\n")[0]
+        return f"topic write vigil/+/cmd/{command}" in block or "topic write vigil/+/cmd/#" in block
+
+    expected = {
+        "bob": {"ping": True, "status": True, "config/get": True, "config/set": False, "restart": False},
+        "carol": {"ping": True, "config/set": True, "snapshot": True, "model/update": False, "restart": False},
+        "alice": {"ping": True, "config/set": True, "model/update": True, "restart": True, "agent/update": True},
+    }
+    for user, commands in expected.items():
+        for command, allowed in commands.items():
+            assert rabbit_may(user, command) is allowed, (user, command)
+            assert mosquitto_may(user, command) is allowed, (user, command)
+    assert not rabbit_may("carol", "config/setx") and not rabbit_may("bob", "ping/x")
+
+    # a downgrade is a new certificate, and every earlier one is revoked
+    before = x509.load_pem_x509_certificate((fleet / "operators" / "alice" / "alice.crt").read_bytes())
+    code, out, err = run(capsys, fleet, "add-operator", "alice", "--role", "viewer")
+    assert code == 0 and "operator alice (viewer)" in out and "revoked 1 earlier certificate" in out, out + err
+    crl = x509.load_pem_x509_crl((fleet / "ca" / "crl.pem").read_bytes())
+    assert crl.get_revoked_certificate_by_serial_number(before.serial_number) is not None
+    after = x509.load_pem_x509_certificate((fleet / "operators" / "alice" / "alice.crt").read_bytes())
+    assert cert_role(after) == "viewer" and after.public_key() == before.public_key()
+    acl = (fleet / "broker" / "acl").read_text()
+    assert "topic write vigil/+/cmd/#" not in acl.split("\nuser alice\n")[1].split("\n\n")[0]

@@ -370,7 +370,11 @@ def test_broker_config_has_tls_identity_acl_and_crl(fleet: Path, capsys, tmp_pat
         assert line in conf, line
     acl = (out_dir / "acl").read_text()
     assert "pattern write vigil/%u/#" in acl and "pattern read vigil/%u/cmd/#" in acl
-    assert "user backoffice\ntopic read vigil/#\ntopic write vigil/+/cmd/#" in acl
+    # backoffice was added without --role: a viewer, which may send only the read-only commands
+    viewer = "user backoffice\ntopic read vigil/#\ntopic read $SYS/#\n"
+    writes = "".join(f"topic write vigil/+/cmd/{c}\n" for c in ("ping", "status", "config/get"))
+    assert viewer + writes in acl
+    assert "topic write vigil/+/cmd/#" not in acl
     assert mode(out_dir / "server.key") == 0o600
     server = x509.load_pem_x509_certificate((out_dir / "server.crt").read_bytes())
     sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

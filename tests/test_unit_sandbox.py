@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from fleet.wire import expand
 from provisioning import units
 from tests.conftest import ROOT
 
@@ -116,7 +117,9 @@ def test_the_agent_keeps_its_boot_id_and_clock_trust_in_the_sandbox(tmp_path: Pa
         cwd=ROOT,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    records = [json.loads(line) for line in events.read_text().splitlines() if line.strip()]
+    records = [
+        expand(json.loads(line), "sandbox") for line in events.read_text().splitlines() if line.strip()
+    ]
     assert records, res.stderr[-3000:]
     clocks = {(r["clock"]["source"], r["clock"]["trusted"], r["clock"]["boot"]) for r in records}
     assert clocks == {("ntp", True, str(boot))}, clocks

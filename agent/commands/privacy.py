@@ -28,20 +28,39 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from agent.app import state_dir_for
+    from agent.privacy.auditkey import KEY_NAME, AuditKeyError, read_key
 
     config = load_config(args.config).config
     folder = (args.state_dir or state_dir_for(config)).expanduser() / "audit"
     if not folder.is_dir():
         print(f"agent: no audit log in {folder}", file=sys.stderr)
         return 1
-    log = AuditLog(folder)
+    key_file = args.key_file or config.privacy.audit.key_file or folder / KEY_NAME
+    key = None
+    if key_file.exists():
+        try:
+            key = read_key(key_file)
+        except AuditKeyError as exc:
+            print(f"agent: {exc}", file=sys.stderr)
+            return 1
+    log = AuditLog(folder, key=key)
     if args.verify:
-        problems = log.verify()
+        heads = {}
+        for text in args.head or []:
+            seq, _, mac = text.partition(":")
+            if not seq.isdigit() or len(mac) != 64:
+                print(f"agent: --head {text!r} must be SEQ:MAC (as vigil-fleet audit prints them)", file=sys.stderr)
+                return 2
+            heads[int(seq)] = mac
+        problems = log.verify(heads)
         for problem in problems:
             print(f"agent: audit log: {problem}", file=sys.stderr)
         if problems:
             return 1
-        print(f"{folder}: {sum(1 for _ in log.entries())} entries, chain intact")
+        head = log.head()
+        keyed = f"keyed ({log.kid})" if key is not None else "NOT keyed (no audit key found)"
+        print(f"{folder}: {sum(1 for _ in log.entries())} entries, chain intact, {keyed}; "
+              f"head {head['seq']}:{head['mac']}" + (f"; {len(heads)} published head(s) match" if heads else ""))
         return 0
     for entry in log.entries():
         print(json.dumps(entry) if args.json else f"{entry['ts']} #{entry['seq']} {entry['action']} by {entry['actor']}"
@@ -66,5 +85,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     audit.add_argument("--config", type=Path, metavar="FILE")
     audit.add_argument("--state-dir", type=Path)
     audit.add_argument("--json", action="store_true", help="one JSON object per entry")
-    audit.add_argument("--verify", action="store_true", help="check the hash chain; exit 1 if broken")
+    audit.add_argument("--verify", action="store_true", help="check the keyed chain; exit 1 if broken")
+    audit.add_argument(
+        "--head",
+        action="append",
+        metavar="SEQ:MAC",
+        help="with --verify: a head the back office recorded (vigil-fleet audit NODE); the log must match it",
+    )
+    audit.add_argument(
+        "--key-file", type=Path, help="the node's audit key (default: privacy.audit.key_file, else audit/audit.key)"
+    )
     audit.set_defaults(func=cmd_audit)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from agent.config.base import Section
 
 LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost"})
+_HOST_PORT = re.compile(r"(?:[a-z0-9][a-z0-9.-]*|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
 _HOST_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
 
 
@@ -182,6 +184,9 @@ class HealthConfig(Section):
     )
 
 
+ROLES = ("viewer", "operator", "admin")
+
+
 class ControlConfig(Section):
     enabled: bool = Field(
         default=True, description="Accept commands on {prefix}/{node}/cmd/# (needs uplink.broker)."
@@ -193,11 +198,61 @@ class ControlConfig(Section):
     max_age_s: float = Field(
         default=600.0,
         gt=0,
-        description="A request whose `ts` is older than this is stale and refused (only judged while the "
-        "node's clock is trusted).",
+        le=86400,
+        description="A request made longer ago than this (its `ts`, judged on the trusted clock: NTP or GNSS) "
+        "is stale and refused; its id and nonce are remembered at least this long.",
     )
     remember_ids: int = Field(
-        default=512, ge=16, le=100000, description="Request ids remembered (across restarts) to refuse replays."
+        default=4096,
+        ge=16,
+        le=100000,
+        description="Most request ids and nonces remembered (across restarts) to refuse replays. Each is kept "
+        "until its request could no longer pass the freshness check; while this many are still needed, new "
+        "requests are refused rather than an id forgotten early.",
+    )
+    unsigned_role: Literal["none", "viewer", "operator", "admin"] | None = Field(
+        default=None,
+        description="What a command without an operator's signature may do: none refuses it, otherwise it runs "
+        "with this role (viewer: read only; operator: config and snapshots; admin: everything). Default: "
+        "admin with node.profile = development (agent --simulate, a bench), none with production.",
+    )
+    ca_file: Path | None = Field(
+        default=None,
+        description="The fleet CA that operators' certificates must chain to, for signed commands. Default: "
+        "uplink.tls.ca_file.",
+    )
+    rate_per_min: float = Field(
+        default=30.0,
+        gt=0,
+        le=6000,
+        description="Commands each operator (each signing identity; all unsigned requests together) may send "
+        "per minute, on average; more are refused.",
+    )
+    rate_burst: int = Field(
+        default=20, ge=1, le=1000, description="Commands an operator may send at once before rate_per_min applies."
+    )
+    remote_gpio_pins: list[int] = Field(
+        default_factory=list,
+        description="GPIO pins (BCM) that a live change (config/set of rules.outputs) may drive. Outputs on "
+        "other pins come only from this file. Empty: remote changes may keep the node's GPIO outputs but "
+        "add or move none.",
+    )
+    model_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts model/update may download from (host or host:port, e.g. models.city.example), "
+        "redirects included. Empty: any host reachable over http(s).",
+    )
+    model_import_dir: Path | None = Field(
+        default=None,
+        description="model/update with `path`: files are taken from this folder only. Default: "
+        "<state_dir>/models/import.",
+    )
+    model_updates_max_mb: float = Field(
+        default=256.0,
+        gt=0,
+        le=4096,
+        description="Most disk the downloaded and imported models may use (<state_dir>/models/updates); "
+        "models not in use are deleted to make room, and a download never eats into the spool's room.",
     )
     model_probation_frames: int = Field(
         default=30,
@@ -213,3 +268,20 @@ class ControlConfig(Section):
         default=1280, ge=160, le=4096, description="Longest side of a snapshot image, px."
     )
     snapshot_quality: int = Field(default=80, ge=20, le=95, description="JPEG quality of snapshots.")
+
+    @field_validator("remote_gpio_pins")
+    @classmethod
+    def _pins(cls, value: list[int]) -> list[int]:
+        bad = [p for p in value if not 0 <= p <= 53]
+        if bad:
+            raise ValueError(f"not BCM GPIO numbers (0..53): {', '.join(map(str, bad))}")
+        return sorted(set(value))
+
+    @field_validator("model_hosts")
+    @classmethod
+    def _model_hosts(cls, value: list[str]) -> list[str]:
+        hosts = [v.strip().lower().rstrip(".") for v in value]
+        bad = [h for h in hosts if not _HOST_PORT.fullmatch(h)]
+        if bad:
+            raise ValueError(f"not host or host:port: {', '.join(map(repr, bad))}")
+        return hosts

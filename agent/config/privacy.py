@@ -6,6 +6,7 @@ them (and their descriptions) for a data-protection officer.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -65,7 +66,20 @@ class AuditConfig(Section):
     max_kb: int = Field(
         default=1024, ge=16, le=65536, description="Size at which the audit log file is rotated."
     )
-    keep: int = Field(default=5, ge=1, le=100, description="Rotated audit files kept besides the current one.")
+    keep: int = Field(
+        default=5,
+        ge=1,
+        le=100,
+        description="Rotated audit files kept besides the current one. A file holding privacy-relevant "
+        "entries (masks, zones, rules, snapshots, config and model changes) that the back office has not "
+        "seen the head of yet is kept beyond this, up to four times as many files.",
+    )
+    key_file: Path | None = Field(
+        default=None,
+        description="The node secret that keys the audit chain (HMAC), written by vigil-provision "
+        "(/etc/vigil/audit.key in a node bundle). Without one the node creates its own, "
+        "<state_dir>/audit/audit.key, and says so in its log.",
+    )
 
 
 class PrivacyConfig(Section):

@@ -3,7 +3,8 @@
 Plain `mqtt://` carries the MQTT password in clear text and lets anyone on the path inject
 commands (the control plane subscribes to `cmd/#`) or read the replies. A broker on this very
 machine is exempt: nothing crosses a network (e.g. a local Mosquitto bridging to the fleet over
-TLS). `node.profile = "production"` (written by vigil-provision) turns each finding into a config
+TLS). Unsigned commands that may change the node are the same kind of exposure.
+`node.profile = "production"` (written by vigil-provision) turns each finding into a config
 error; otherwise the agent logs them at start and `agent check-config` prints them.
 """
 
@@ -30,10 +31,17 @@ def _plain_remote_broker(url: str) -> bool:
 
 def exposures(config: Config) -> list[str]:
     """One sentence per exposing setting, naming the fields and what to do; empty when none."""
+    found = []
+    control = config.control
+    if control.enabled and control.unsigned_role in ("operator", "admin"):
+        found.append(
+            f"control.unsigned_role = {control.unsigned_role!r}: commands nobody signed may change this node; "
+            "anyone who can publish on its cmd/ topics (a broker ACL is the only guard) can reconfigure it "
+            "(use signed commands: vigil-fleet cmd)"
+        )
     uplink = config.uplink
     if not _plain_remote_broker(uplink.broker):
-        return []
-    found = []
+        return found
     if uplink.username or uplink.password or uplink.password_file:
         found.append(
             "uplink.broker is plain mqtt:// and uplink.username/password is set: the password crosses "

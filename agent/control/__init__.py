@@ -1,2 +1,4 @@
-"""The control plane: commands over MQTT (agent.control.stage), live configuration (live, persist),
-model updates (model_update) and audited snapshots (snapshot). See docs/control.md."""
+"""The control plane: commands over MQTT (agent.control.stage), the one gate every command passes
+(gate: signatures and roles in auth, freshness and replays in replay), live configuration (live,
+persist, tunable), model updates (model_update, fetch) and audited snapshots (snapshot). See
+docs/control.md."""

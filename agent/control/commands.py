@@ -1,8 +1,13 @@
-"""The commands: their arguments (strict pydantic models: unknown or mistyped fields are refused) and
-what each one does. The dispatcher (agent.control.stage) validates, runs and replies.
+"""The commands: their arguments (strict pydantic models: unknown or mistyped fields are refused), the
+role each needs, and what each one does. The dispatcher (agent.control.stage) admits the request
+(agent.control.gate: signature, role, rate, freshness, replay), validates, runs and replies.
 
-A command returns (message, data) for an immediate "ok", raises CommandError for an "error", or
-returns None when it replies later by itself (model/update, restart).
+To add a command, add an entry to COMMANDS: ``"name": Command(Args, run, "summary", role="operator")``.
+`role` is the least role that may run it (agent.control.roles: viewer, operator, admin); a command
+that does not declare one is admin-only. The gate enforces it before `run` is called, and
+vigil-provision generates the broker ACL from the same table, so a command needs no checks of its
+own. A command returns (message, data) for an immediate "ok", raises CommandError for an "error",
+or returns None when it replies later by itself (model/update, restart).
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from pydantic import Field, model_validator
 
 import agent as agent_pkg
 from agent.control.protocol import CommandError, Strict
+from agent.control.roles import Role, allows
 
 if TYPE_CHECKING:
+    from agent.control.auth import Caller
     from agent.control.stage import ControlStage
 
 log = logging.getLogger(__name__)
@@ -34,9 +41,10 @@ ProgressFn = Callable[[str, dict[str, Any]], None]
 class Context:
     request_id: str | None
     command: str
-    actor: str
+    actor: str  # for the audit log: the command, the request id and the verified (or claimed) sender
     reply: ReplyFn  # for commands that answer later
     progress: ProgressFn | None = None  # interim "progress" replies of long commands
+    caller: Caller | None = None
 
 
 class NoArgs(Strict):
@@ -96,6 +104,7 @@ class Command:
     args: type[Strict]
     run: Callable[[ControlStage, Context, Any], Result]
     summary: str
+    role: Role = "admin"  # the least role that may run it; undeclared means admin only
 
 
 def ping(stage: ControlStage, ctx: Context, args: NoArgs) -> Result:
@@ -166,13 +175,20 @@ def restart(stage: ControlStage, ctx: Context, args: RestartArgs) -> Result:
 
 
 COMMANDS: dict[str, Command] = {
-    "ping": Command(NoArgs, ping, "answers pong"),
-    "status": Command(NoArgs, status, "the node's full state"),
-    "snapshot": Command(SnapshotArgs, snapshot, "one redacted, audited frame"),
-    "config/get": Command(ConfigGetArgs, config_get, "the effective configuration"),
-    "config/set": Command(ConfigSetArgs, config_set, "change tunable settings live, persisted"),
-    "model/update": Command(ModelUpdateArgs, model_update, "fetch, verify and swap the detector model"),
-    "agent/update": Command(AgentUpdateArgs, agent_update, "install a signed release, restart into it on probation"),
-    "modem/reset": Command(NoArgs, modem_reset, "reboot the LTE modem"),
-    "restart": Command(RestartArgs, restart, "exit cleanly for systemd to restart the agent"),
+    "ping": Command(NoArgs, ping, "answers pong", role="viewer"),
+    "status": Command(NoArgs, status, "the node's full state", role="viewer"),
+    "config/get": Command(ConfigGetArgs, config_get, "the effective configuration", role="viewer"),
+    "snapshot": Command(SnapshotArgs, snapshot, "one redacted, audited frame", role="operator"),
+    "config/set": Command(ConfigSetArgs, config_set, "change tunable settings live, persisted", role="operator"),
+    "model/update": Command(ModelUpdateArgs, model_update, "fetch, verify and swap the detector model", role="admin"),
+    "agent/update": Command(
+        AgentUpdateArgs, agent_update, "install a signed release, restart into it on probation", role="admin"
+    ),
+    "modem/reset": Command(NoArgs, modem_reset, "reboot the LTE modem", role="admin"),
+    "restart": Command(RestartArgs, restart, "exit cleanly for systemd to restart the agent", role="admin"),
 }
+
+
+def commands_for(role: str) -> list[str]:
+    """The commands a role may send (the broker ACL lists them for roles below admin)."""
+    return [name for name, command in COMMANDS.items() if allows(role, command.role)]

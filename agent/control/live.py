@@ -25,6 +25,7 @@ from agent.config.loader import ConfigError, redact_secrets, validate
 from agent.config.schema import Config
 from agent.control.persist import ConfigStore, set_path
 from agent.control.protocol import CommandError
+from agent.control.tunable import NOT_LIVE, TUNABLE, gpio_problems, is_tunable
 from agent.detect.detector import class_problem
 
 if TYPE_CHECKING:
@@ -33,32 +34,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Keys (and whole tables) that may change while the agent runs.
-TUNABLE = (
-    "detect.score_threshold",
-    "detect.nms_iou",
-    "detect.min_box_area",
-    "detect.classes",
-    "motion",
-    "capture.fps",
-    "rules",
-    "privacy.masks",
-    "tamper",
-    "uplink.max_bytes_per_s",
-    "uplink.max_bytes_per_day",
-    "telemetry",
-    "events.thumbnails",
-)
-NOT_LIVE = ("tamper.enabled",)  # the tamper stage is built (or not) at start
 MAX_KEYS = 64
 
 Undo = Callable[[], None]
-
-
-def is_tunable(key: str) -> bool:
-    if any(key == n or key.startswith(n + ".") for n in NOT_LIVE):
-        return False
-    return any(key == t or key.startswith(t + ".") for t in TUNABLE)
 
 
 def get_path(data: Any, dotted: str) -> Any:
@@ -147,6 +125,7 @@ class LiveConfig:
             }
         self._require_stages(changed)
         self._require_known_classes(changed, after)
+        self._require_allowed_gpio(changed, before, after)
         snapshot = before.model_copy(deep=True)
         undo: list[Undo] = []
         try:
@@ -188,6 +167,13 @@ class LiveConfig:
         problem = class_problem(after.detect.classes, card) if card is not None else None
         if problem:
             raise CommandError(problem)
+
+    def _require_allowed_gpio(self, keys: list[str], before: Config, after: Config) -> None:
+        if not any(k == "rules" or k.startswith("rules.") for k in keys):
+            return
+        problems = gpio_problems(after.rules.outputs, before.rules.outputs, before.control.remote_gpio_pins)
+        if problems:
+            raise CommandError("; ".join(problems))
 
     def _notes(self, keys: list[str]) -> list[str]:
         notes = []

@@ -1,9 +1,11 @@
 """`model/update`: fetch, verify, load, swap, watch, keep or roll back, on its own `model-update` thread.
 
-1. The file comes from a URL (agent.models.download: resumes a cut download, refuses a wrong
-   sha256 and keeps a partial file for the next attempt) or from a path on the node (verified and
-   copied), into ``<state_dir>/models/updates/``.
-2. Its card comes from the request, a card beside the given path, or the model manifest (by sha256).
+1. The file comes from a URL (agent.fetch: http(s) only, `control.model_hosts` when set,
+   bounded by the updates folder's cap and the spool's room, resumes a cut download, deletes a
+   wrong file; every failure is the same message to the requester, the reason goes to the log) or
+   from a file in the import folder (`control.model_import_dir`, verified and copied the same way),
+   into ``<state_dir>/models/updates/``, where models not in use are deleted to make room.
+2. Its card comes from the request, a card beside the imported file, or the model manifest (by sha256).
 3. It is loaded in a fresh onnxruntime session and run once on the newest frame; failure refuses
    the update and the running model never stops.
 4. It is swapped in atomically (Pipeline.swap_detector) behind a probation guard. If it raises, the
@@ -27,12 +29,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agent import models
+from agent import fetch, models
 from agent.control.jobs import BackgroundCommand, Cancelled
 from agent.control.live import apply_detect
 from agent.control.protocol import CommandError
 from agent.detect import CardError, Detection, Detector
 from agent.detect.card import card_path_for, parse_card, sha256_file
+from agent.fetch import FetchError, FetchPolicy
+from agent.urls import hide_userinfo
 
 if TYPE_CHECKING:
     from agent.app import Agent, Running
@@ -41,6 +45,11 @@ if TYPE_CHECKING:
     from agent.privacy import AuditLog
 
 log = logging.getLogger(__name__)
+
+KEEPS = "the previous model stays"
+DOWNLOAD_FAILED = f"model {fetch.GENERIC}; {KEEPS}"  # what the requester hears of any network failure
+PART_MAX_AGE_S = 86400.0  # a partial download older than this is not resumed but deleted
+
 
 class ProbationDetector(Detector):
     """Runs the new model and counts what it does; after its first exception it answers with the
@@ -90,7 +99,7 @@ class ProbationDetector(Detector):
 
 class ModelUpdater(BackgroundCommand):
     what = "model update"
-    keeps = "the previous model stays"
+    keeps = KEEPS
     thread_name = "model-update"
 
     def __init__(
@@ -107,6 +116,12 @@ class ModelUpdater(BackgroundCommand):
         self.tap = tap
         self.store = store
         self._audit = audit
+        try:
+            self.import_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        except OSError as exc:
+            log.warning("model/update: cannot create the import folder %s: %s", self.import_dir, exc)
+        for leftover in self.updates_dir.glob("*.rejected") if self.updates_dir.is_dir() else ():
+            leftover.unlink(missing_ok=True)  # older agents kept refused downloads
 
     def wake(self) -> None:
         guard = getattr(self.running.pipeline.detector, "changed", None)
@@ -114,13 +129,77 @@ class ModelUpdater(BackgroundCommand):
             with guard:
                 guard.notify_all()
 
+    # -- where files go, and how much room they get -----------------------------------------------------
+    @property
+    def updates_dir(self) -> Path:
+        return self.running.state_dir / "models" / "updates"
+
+    @property
+    def import_dir(self) -> Path:
+        configured = self.agent.config.control.model_import_dir
+        return (configured or self.running.state_dir / "models" / "import").expanduser()
+
+    def _in_use(self) -> set[Path]:
+        """Model files (and their cards) that must stay: the running model and the configured one."""
+        keep: set[Path] = set()
+        detector = self.running.pipeline.detector
+        for candidate in (getattr(detector, "path", None), self.agent.config.detect.model):
+            if candidate:
+                path = Path(str(candidate)).expanduser()
+                keep |= {path.resolve(), card_path_for(path).resolve()}
+        return keep
+
+    def _prune(self, dest: Path) -> None:
+        """Delete what the updates folder holds besides the models in use and `dest` (with the
+        `.part` of `dest` for a resume, if it is less than a day old): rejected files, other partial
+        downloads, models no longer used. The folder never holds more than one update's leftovers."""
+        keep = self._in_use() | {dest.resolve(), card_path_for(dest).resolve()}
+        part = dest.with_name(dest.name + ".part")
+        if part.exists() and time.time() - part.stat().st_mtime < PART_MAX_AGE_S:
+            keep.add(part.resolve())
+        for path in self.updates_dir.glob("*") if self.updates_dir.is_dir() else ():
+            if path.is_file() and path.resolve() not in keep:
+                log.info("model/update: deleting %s (not in use)", path.name)
+                path.unlink(missing_ok=True)
+
+    def _policy(self, dest: Path) -> FetchPolicy:
+        cfg = self.agent.config
+        cap = int(cfg.control.model_updates_max_mb * 1024 * 1024)
+        part = dest.with_name(dest.name + ".part")
+        room = cap - fetch.usage(self.updates_dir, skip=[part])
+        spool = self.running.spool
+        floor = int(cfg.spool.free_floor_mb * 1024 * 1024)
+        budget = int(cfg.spool.budget_mb * 1024 * 1024)
+
+        def reserve() -> int:  # the spool may still grow to its budget above its free-space floor
+            return floor + max(0, budget - spool.disk_bytes())
+
+        return FetchPolicy(hosts=tuple(cfg.control.model_hosts), max_bytes=max(0, room), reserve=reserve)
+
+    def _import_path(self, text: str) -> Path:
+        """A file inside the import folder (symbolic links resolved); nothing else on the node."""
+        root = self.import_dir.resolve()
+        candidate = Path(text).expanduser()
+        real = Path(os.path.realpath(candidate if candidate.is_absolute() else root / candidate))
+        if root not in real.parents:
+            raise CommandError(
+                f"path must name a file in the import folder {root} (control.model_import_dir); "
+                "copy the model there first"
+            )
+        if not real.is_file():
+            raise CommandError(f"no model file {real.relative_to(root)} in the import folder {root}")
+        return real
+
     # -- the steps ----------------------------------------------------------------------------------
     def _fetch(self, args: Any) -> Path:
-        folder = self.running.state_dir / "models" / "updates"
-        name = args.name or (Path(args.path).stem if args.path else "model")
-        dest = folder / f"{name}-{args.sha256[:12]}.onnx"
+        source = self._import_path(args.path) if args.path else None
+        name = args.name or (source.stem if source is not None else "model")
+        dest = self.updates_dir / f"{name}-{args.sha256[:12]}.onnx"
+        self.updates_dir.mkdir(parents=True, exist_ok=True)
+        self._prune(dest)
         if dest.is_file() and sha256_file(dest) == args.sha256:
             return dest
+        policy = self._policy(dest)
         if args.url:
 
             def progress(_done: int, _total: int | None) -> None:
@@ -128,25 +207,19 @@ class ModelUpdater(BackgroundCommand):
                     raise Cancelled
 
             try:
-                return models.download(args.url, dest, args.sha256, progress=progress)
-            except models.ModelError as exc:
-                raise CommandError(f"{exc}; the previous model stays") from None
-        source = Path(args.path)
-        if not source.is_file():
-            raise CommandError(f"model file not found on the node: {source}")
-        got = sha256_file(source)
-        if got != args.sha256:
-            raise CommandError(
-                f"{source} has sha256 {got}, expected {args.sha256}; refused, the previous model stays"
-            )
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".part")
-        shutil.copyfile(source, tmp)
-        with tmp.open("rb+") as fh:
-            os.fsync(fh.fileno())
-        tmp.replace(dest)
+                return fetch.download(args.url, dest, args.sha256, policy, progress=progress)
+            except FetchError as exc:
+                log.warning("model/update from %s failed: %s", hide_userinfo(args.url), exc.detail)
+                public = DOWNLOAD_FAILED if str(exc) == fetch.GENERIC else f"{exc}; {KEEPS}"
+                raise CommandError(public) from None
+        assert source is not None
+        try:
+            fetch.copy_verified(source, dest, args.sha256, policy)
+        except FetchError as exc:
+            log.warning("model/update from %s refused: %s", source, exc.detail)
+            raise CommandError(f"{exc}; {KEEPS}") from None
         beside = card_path_for(source)
-        if beside.is_file() and args.card is None:
+        if beside.is_file() and args.card is None and beside.resolve().parent == source.parent:
             shutil.copyfile(beside, card_path_for(dest))
         return dest
 

@@ -32,6 +32,7 @@ from agent.config.loader import (
     read_toml,
     validate,
 )
+from agent.control.tunable import gpio_problems, may_persist
 from agent.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ class ConfigStore:
         atomic_write(path, (_header(text) + tomli_w.dumps(data)).encode(), mode=mode)
 
     def _save_overlay(self, values: Mapping[str, Any]) -> None:
-        current = read_overlay(self.overlay)
+        current = persistable(read_overlay(self.overlay), self.overlay)
         for key in list(current):
             if any(key == k or key.startswith(k + ".") for k in values):
                 del current[key]  # a whole table set now replaces earlier changes inside it
@@ -161,9 +162,42 @@ def load_with_overlay(
     environ = os.environ if environ is None else environ
     loaded = load_config(path, environ=environ, overrides=overrides, override_origins=override_origins)
     overlay_path = state_dir_for(loaded.config) / OVERLAY_NAME
-    overlay = read_overlay(overlay_path)
+    overlay = persistable(read_overlay(overlay_path), overlay_path)
     if not overlay:
         return loaded
+    result = _layered(path, environ, overrides, override_origins, overlay, overlay_path)
+    base = loaded.config
+    problems = gpio_problems(result.config.rules.outputs, base.rules.outputs, base.control.remote_gpio_pins)
+    if problems:  # the file's own rules stand; the overlay's rule changes are not applied
+        log.error("ignoring the rules kept in %s: %s", overlay_path, "; ".join(problems))
+        overlay = {k: v for k, v in overlay.items() if not (k == "rules" or k.startswith("rules."))}
+        if not overlay:
+            return loaded
+        result = _layered(path, environ, overrides, override_origins, overlay, overlay_path)
+    return result
+
+
+def persistable(overlay: dict[str, Any], origin: Path) -> dict[str, Any]:
+    """The overlay's keys that may be kept there (agent.control.tunable); the others are ignored with
+    an error: a file the agent can write must not change what only the config file may set."""
+    refused = sorted(k for k in overlay if not may_persist(k))
+    if refused:
+        log.error(
+            "ignoring %s in %s: only live-tunable settings may be kept there (set them in the config file)",
+            ", ".join(refused),
+            origin,
+        )
+    return {k: v for k, v in overlay.items() if may_persist(k)}
+
+
+def _layered(
+    path: Path | None,
+    environ: Mapping[str, str],
+    overrides: Mapping[str, Any] | None,
+    override_origins: Mapping[tuple[str, ...], str] | None,
+    overlay: dict[str, Any],
+    overlay_path: Path,
+) -> LoadedConfig:
     env_data, env_origins = env_overrides(environ)
     layered: dict[str, Any] = dict(overlay)
     origins: dict[tuple[str, ...], str] = {tuple(k.split(".")): f"overlay {overlay_path}" for k in overlay}

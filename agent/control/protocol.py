@@ -2,19 +2,20 @@
 
 Request, on ``{prefix}/{node}/cmd/{name}``::
 
-    {"id": "op-42", "args": {...}, "ts": "2026-05-01T10:00:00Z", "actor": "backoffice/alice"}
+    {"id": "op-42", "args": {...}, "ts": "2026-05-01T10:00:00Z", "actor": "backoffice/alice",
+     "auth": {"nonce": "...", "cert": "...", "sig": "..."}}
 
 `id` is required (1-64 characters of ``A-Za-z0-9._:-``); `args`, `ts` (RFC 3339 or epoch seconds,
-when the request was made) and `actor` (who asks, for the audit log) are optional; anything else is
-refused. Reply, on ``{prefix}/{node}/cmd_result``::
+when the request was made), `actor` (who asks, for the audit log) and `auth` (the operator's
+signature, agent.control.signing; required unless the node accepts unsigned commands) are
+optional; anything else is refused. Reply, on ``{prefix}/{node}/cmd_result``::
 
     {"id": "op-42", "command": "ping", "status": "ok", "message": "pong", "data": {...}, ...}
 
 `status` is "ok" or "error"; long commands (`agent/update`) may first send replies with status
-"progress" and the same id (how far a download got); `message` is for people. A request that
-cannot be parsed gets a reply with `"id": null`. Request ids are remembered (across restarts) so a
-replayed or duplicated request (QoS 1 delivers at least once; a retained command would come back on
-every connect) is refused instead of being run twice.
+"progress" and the same id (how far a download got); `message` is for people. A request that cannot
+be parsed gets a reply with `"id": null`. Freshness and replays: agent.control.replay; who may do
+what: agent.control.auth.
 """
 
 from __future__ import annotations
@@ -22,17 +23,14 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 import time
-from collections import OrderedDict
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.clock import rfc3339
-from agent.fsutil import atomic_write
+from agent.control.signing import MAX_CERT_CHARS, MAX_CRL_CHARS, MAX_SIG_CHARS, NONCE_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +47,17 @@ class CommandError(Exception):
         self.data = data or {}
 
 
+class Auth(BaseModel):
+    """The signature of a signed request (agent.control.signing)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    nonce: str = Field(pattern=NONCE_PATTERN)
+    cert: str = Field(max_length=MAX_CERT_CHARS)
+    sig: str = Field(max_length=MAX_SIG_CHARS)
+    crl: str | None = Field(default=None, max_length=MAX_CRL_CHARS)
+
+
 class Envelope(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -56,6 +65,7 @@ class Envelope(BaseModel):
     args: dict[str, Any] = Field(default_factory=dict)
     ts: str | float | int | None = None
     actor: str | None = Field(default=None, max_length=64)
+    auth: Auth | None = None
 
 
 class Strict(BaseModel):
@@ -117,20 +127,6 @@ def request_time(ts: str | float | int | None) -> float | None:
         raise CommandError(f"ts {ts!r} is not an RFC 3339 time (e.g. 2026-05-01T10:00:00Z)") from None
 
 
-def check_fresh(ts: str | float | int | None, *, clock_trusted: bool, max_age_s: float, now: float) -> None:
-    """Refuse a stale request. Judged only on a trusted clock: a node that booted in 1970 must still
-    obey a restart (field notes: no RTC)."""
-    when = request_time(ts)
-    if when is None or not clock_trusted:
-        return
-    if now - when > max_age_s:
-        raise CommandError(
-            f"stale request: made {now - when:.0f}s ago (more than control.max_age_s = {max_age_s:g})"
-        )
-    if when - now > FUTURE_SLACK_S:
-        raise CommandError(f"request time is {when - now:.0f}s in the future; check the sender's clock")
-
-
 def reply(
     request_id: str | None,
     command: str,
@@ -153,42 +149,3 @@ def reply(
     if data:
         body["data"] = data
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False, default=str).encode()
-
-
-class SeenIds:
-    """Request ids already handled, newest last, bounded, persisted atomically in the state dir."""
-
-    def __init__(self, path: Path, limit: int) -> None:
-        self.path = path
-        self.limit = limit
-        self._ids: OrderedDict[str, str] = OrderedDict()  # id -> command
-        self._lock = threading.Lock()
-        self._load()
-
-    def _load(self) -> None:
-        try:
-            items = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            log.warning("forgetting unreadable request-id memory %s: %s", self.path, exc)
-            return
-        if isinstance(items, list):
-            for item in items[-self.limit :]:
-                if isinstance(item, list) and len(item) == 2:
-                    self._ids[str(item[0])] = str(item[1])
-
-    def claim(self, request_id: str, command: str) -> str | None:
-        """Remember `request_id`; returns the command it was first used with if it was already seen."""
-        with self._lock:
-            if request_id in self._ids:
-                return self._ids[request_id]
-            self._ids[request_id] = command
-            while len(self._ids) > self.limit:
-                self._ids.popitem(last=False)
-            items = [[k, v] for k, v in self._ids.items()]
-        try:
-            atomic_write(self.path, json.dumps(items, separators=(",", ":")).encode())
-        except OSError as exc:  # the memory is a safeguard; a full disk must not stop commands
-            log.warning("cannot save request-id memory %s: %s", self.path, exc)
-        return None

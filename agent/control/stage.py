@@ -21,13 +21,12 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from agent.control.commands import COMMANDS, Context, ProgressFn, ReplyFn
+from agent.control.gate import CommandGate
 from agent.control.live import LiveConfig
 from agent.control.model_update import ModelUpdater
 from agent.control.persist import ConfigStore
 from agent.control.protocol import (
     CommandError,
-    SeenIds,
-    check_fresh,
     describe_validation,
     parse_request,
     reply,
@@ -79,7 +78,9 @@ class ControlStage:
         self.models = ModelUpdater(agent, running, health.tap, self.store, lambda: health.privacy.audit)
         self.releases = AgentUpdater(agent, running, lambda: health.privacy.audit, self.exit_for_restart)
         self.snapshots = Snapshotter(agent, running, health)
-        self.seen = SeenIds(running.state_dir / "control" / "request-ids.json", cfg.remember_ids)
+        folder = running.state_dir / "control"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.gate = CommandGate(agent.config, running.clock, running.spool, running.spool.uptime, folder)
         self.counts = {"received": 0, "ok": 0, "error": 0, "busy": 0, "oversized": 0, "rule_snapshots": 0}
         self._counts_lock = threading.Lock()  # bumped from the uplink, control and analysis threads
         self._stop = threading.Event()
@@ -160,19 +161,25 @@ class ControlStage:
             command = COMMANDS.get(job.command)
             if command is None:
                 raise CommandError(f"unknown command {job.command!r} (known: {', '.join(COMMANDS)})")
-            clock = self.running.clock.state()
-            check_fresh(envelope.ts, clock_trusted=clock.trusted, max_age_s=self.agent.config.control.max_age_s,
-                        now=time.time())
-            first = self.seen.claim(envelope.id, job.command)
-            if first is not None:
-                raise CommandError(f"duplicate request id {envelope.id!r} (already used for {first}); nothing done")
+            caller = self.gate.admit(envelope, job.command, command.role)
+            if command.role != "viewer" and self.health.privacy.audit.full:
+                raise CommandError(
+                    "refused: the audit log holds as many entries the back office has not seen as it may "
+                    "(privacy.audit.keep × 4 files); changes wait until the node's telemetry reaches the broker"
+                )
             try:
                 args = command.args.model_validate(envelope.args)
             except ValidationError as exc:
                 raise CommandError(f"bad args: {describe_validation(exc, 'args.')}") from None
-            actor = f"mqtt:cmd/{job.command} id={envelope.id}" + (f" by {envelope.actor}" if envelope.actor else "")
-            ctx = Context(envelope.id, job.command, actor, self._replier(envelope.id, job.command),
-                          self._progress(envelope.id, job.command))
+            actor = f"mqtt:cmd/{job.command} id={envelope.id} by {caller.describe()}"
+            ctx = Context(
+                envelope.id,
+                job.command,
+                actor,
+                self._replier(envelope.id, job.command),
+                self._progress(envelope.id, job.command),
+                caller,
+            )
             result = command.run(self, ctx, args)
         except CommandError as exc:
             self._send(request_id if request_id is not None else salvage_id(job.payload), job.command, False,
@@ -223,6 +230,9 @@ class ControlStage:
     def _rule_snapshot(self, job: RuleSnapshot) -> None:
         self._count("rule_snapshots")
         request = job.request
+        if self.health.privacy.audit.full:
+            log.warning("snapshot for rule %s not sent: the audit log waits for the back office", request.rule)
+            return
         try:
             self.snapshots.take(
                 actor=f"rule:{request.rule}",
@@ -256,6 +266,7 @@ class ControlStage:
         return {
             "commands": dict(self.counts),
             "queued": self.queue.qsize(),
+            "auth": self.gate.status(),
             "model_update": {"busy": self.models.busy, "last": self.models.last},
             "agent_update": {"busy": self.releases.busy, "last": self.releases.last},
             "snapshots": {"sent": self.snapshots.sent, "refused": self.snapshots.refused},

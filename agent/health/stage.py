@@ -19,6 +19,7 @@ from agent.health.frames import FrameTap
 from agent.health.privacy import PrivacyAccess
 from agent.health.status import TELEMETRY_FIELDS, StatusCollector, camera_flags
 from agent.health.system import SystemProbe
+from agent.privacy.publication import HeadPublication
 from agent.uplink.spool import Outgoing, Priority
 
 if TYPE_CHECKING:
@@ -150,6 +151,7 @@ def build(agent: Agent, running: Running) -> HealthStage:
         stage.wake()
 
     running.capture.on_state = on_state
+    HeadPublication(stage.privacy.audit).attach(running.spool)  # telemetry carries the audit head
     uplink = running.extras.get("uplink")
     publisher = getattr(uplink, "publisher", None)
     if publisher is not None and hasattr(publisher, "set_status_extra"):

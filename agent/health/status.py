@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import agent
 from agent.clock import rfc3339
+from agent.privacy import open_audit
 from agent.uplink.meter import percentile
 
 if TYPE_CHECKING:
@@ -203,7 +204,17 @@ class StatusCollector:
             "gnss": compact_gnss(stages.get("modem")),
             "camera": camera_flags(stages),
             "versions": {k: s["versions"][k] for k in ("agent", "model", "model_sha256", "onnxruntime")},
+            "audit": self.audit_head(),
         }
+
+    def audit_head(self) -> dict[str, Any] | None:
+        """The audit log's head: the back office keeps it and raises an alarm when a node's log is
+        rewound or forked (agent.privacy.audit)."""
+        try:
+            cfg = self.agent.config.privacy.audit
+            return open_audit(self.running.state_dir, cfg, self.running.clock).head()
+        except OSError:
+            return None
 
 
 # Every top-level field of the telemetry record, described for `agent privacy report` (a test keeps
@@ -228,6 +239,8 @@ TELEMETRY_FIELDS: dict[str, str] = {
     "gnss": "the node's own GNSS fix (its position on the pole), satellites, HDOP",
     "camera": "camera health flags (stream, tamper)",
     "versions": "agent, model name and sha256, onnxruntime",
+    "audit": "sequence number and keyed hash of the newest audit log entry (no content), so the back office "
+    "can tell when the log is rewound or rewritten",
 }
 
 

@@ -10,6 +10,7 @@ Integration points for other stages (the control plane, the status page):
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from agent.clock import Clock
@@ -30,8 +31,20 @@ __all__ = [
     "open_audit",
 ]
 
+_open_lock = threading.Lock()
+
 
 def open_audit(state_dir: Path, cfg: AuditConfig | None = None, clock: Clock | None = None) -> AuditLog:
-    """The audit log of a state directory (<state_dir>/audit), shared by every stage of the process."""
+    """The audit log of a state directory (<state_dir>/audit), shared by every stage of the process,
+    keyed with the provisioned node secret (or one of the node's own, created on first use)."""
+    from agent.privacy.auditkey import load_or_create
+
     cfg = cfg or AuditConfig()
-    return AuditLog.open(state_dir / "audit", max_bytes=cfg.max_kb * 1024, keep=cfg.keep, clock=clock)
+    folder = (state_dir / "audit").expanduser().resolve()
+    with _open_lock:  # one key per folder, even when stages open it at the same moment
+        existing = AuditLog.existing(folder)
+        if existing is not None:
+            return existing
+        folder.mkdir(parents=True, exist_ok=True)
+        key = load_or_create(cfg.key_file, folder)
+        return AuditLog.open(folder, max_bytes=cfg.max_kb * 1024, keep=cfg.keep, clock=clock, key=key)

@@ -38,6 +38,7 @@ from agent.update.release import (
     extract,
     open_release,
 )
+from agent.urls import hide_userinfo
 
 if TYPE_CHECKING:
     from agent.app import Agent, Running
@@ -95,7 +96,9 @@ class AgentUpdater(BackgroundCommand):
     def work(self, args: AgentUpdateArgs, actor: str) -> tuple[str, dict[str, Any]]:
         running = agent_pkg.__version__
         source = {"url": args.url, "path": args.path, "sha256": args.sha256, "version": args.version}
-        self._audit().record("agent.update_requested", actor, {**source, "running": running, "force": args.force})
+        self._audit().record(
+            "agent.update_requested", actor, {**source, "running": running, "force": args.force}
+        )
         if args.version == running and not args.force:
             return f"release {running} is already running; nothing changed", {"version": running}
         layout = slots.Layout(self.cfg.releases_dir)
@@ -177,16 +180,17 @@ class AgentUpdater(BackgroundCommand):
                     args.url,
                     dest,
                     args.sha256,
-                    max_bytes=self.cfg.max_bytes,
+                    fetch.FetchPolicy(max_bytes=self.cfg.max_bytes),
                     progress=self._on_bytes,
                     timeout=self.cfg.download_timeout_s,
                 )
-            except fetch.DownloadError as exc:
+            except fetch.FetchError as exc:
+                log.warning("agent/update download from %s: %s", hide_userinfo(args.url), exc.detail)
                 if not exc.resumable or attempt == attempts:
                     raise ReleaseError(str(exc)) from None
                 wait = min(2.0**attempt, 60.0)
                 self._say(
-                    f"download interrupted ({exc}); attempt {attempt + 1} of {attempts} in {wait:g} s",
+                    f"download interrupted; attempt {attempt + 1} of {attempts} in {wait:g} s",
                     {"stage": "download", "attempt": attempt, "kept_bytes": exc.kept},
                 )
                 if self._cancel.wait(wait):
@@ -226,7 +230,9 @@ class AgentUpdater(BackgroundCommand):
         )
         try:
             extract(release, slot)
-            slots.build_venv(slot, str(self.cfg.python or base_python()), log=lambda line: log.info("%s", line))
+            slots.build_venv(
+                slot, str(self.cfg.python or base_python()), log=lambda line: log.info("%s", line)
+            )
             slots.mark_complete(slot, release.manifest)
         except BaseException:
             shutil.rmtree(slot, ignore_errors=True)  # never half a slot (it would not start anyway)

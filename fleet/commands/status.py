@@ -20,6 +20,7 @@ COLUMNS = (
     ("CLOCK", 9),
     ("EV/1H", 6),
     ("GAPS", 10),
+    ("AUDIT", 9),
 )
 
 
@@ -46,6 +47,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             link = f"{link} {r.signal_dbm:.0f}dBm"
         clock = "-" if r.clock_trusted is None else ("trusted" if r.clock_trusted else "UNTRUSTED")
         gaps = "-" if not r.open_gaps else f"{r.missing} in {r.open_gaps}" + (" !" if r.alarms else "")
+        audit = "-" if r.audit_seq is None else f"#{r.audit_seq}"
+        if r.audit_alarm is not None:  # the node's audit log went back: someone must look at it
+            audit = {"audit_rewind": "REWOUND!", "audit_fork": "FORKED!"}.get(r.audit_alarm, "ALARM!")
         cells = (
             r.node,
             r.state,
@@ -58,6 +62,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             clock,
             str(r.events_last_hour),
             gaps,
+            audit,
         )
         print(" ".join(f"{str(c)[:w]:<{w}}" for c, (_, w) in zip(cells, COLUMNS, strict=True)).rstrip())
     return 0
@@ -65,7 +70,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "status", help="one row per node: state, last seen, versions, backlog, link, GNSS, gaps"
+        "status",
+        help="one row per node: state, last seen, versions, backlog, link, GNSS, gaps, audit log head (and its alarms)"
     )
     add_db(p)
     add_json(p)

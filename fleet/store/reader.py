@@ -46,6 +46,8 @@ class NodeRow:
     lon: float | None
     position: str | None  # "2d"/"3d" (GNSS), "static" (configured), None
     telemetry_at: float | None
+    audit_seq: int | None = None  # the head of the node's audit log, from its latest telemetry
+    audit_alarm: str | None = None  # "audit_rewind" / "audit_fork" while such an alarm is open
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,7 +102,10 @@ def telemetry_summary(body: dict[str, Any]) -> dict[str, Any]:
             else str(gnss.get("state") or "no fix")
         )
     depth = spool.get("depth")
+    audit = _dict(body.get("audit"))
+    audit_seq = audit.get("seq")
     return {
+        "audit_seq": audit_seq if isinstance(audit_seq, int) and not isinstance(audit_seq, bool) else None,
         "backlog": int(depth) if isinstance(depth, int) else None,
         "backlog_oldest_s": max(ages) if ages else None,
         "link": link_text,
@@ -128,6 +133,11 @@ def nodes_overview(
         }
         alarms: dict[str, int] = dict(
             db.all("SELECT node, COUNT(*) FROM alarms WHERE cleared_at IS NULL GROUP BY node")
+        )
+        audit_alarms: dict[str, str] = dict(
+            db.all(
+                "SELECT node, MIN(kind) FROM alarms WHERE cleared_at IS NULL AND kind LIKE 'audit%' GROUP BY node"
+            )
         )
     out = []
     for (
@@ -165,6 +175,7 @@ def nodes_overview(
                 lon=lon,
                 position=pos_mode,
                 telemetry_at=telemetry_at,
+                audit_alarm=audit_alarms.get(node),
                 **summary,
             )
         )

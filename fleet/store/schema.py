@@ -10,7 +10,8 @@
   flagged so), `pending` (arrived before its event).
 - `telemetry`, `status_history`, `replies`: per-node history, deduplicated by payload digest.
 - `quarantine`: everything refused, with the reason and the payload, deduplicated by digest.
-- `alarms`: opened and cleared alarms (gaps open too long, seq reuse).
+- `alarms`: opened and cleared alarms (gaps open too long, seq reuse, an audit log rewound or forked).
+- `audit_heads`: every distinct audit-log head each node published (fleet/store/auditheads.py).
 - `ingesters`: a heartbeat per ingest process (the page shows each one's state and lag).
 """
 
@@ -136,6 +137,15 @@ CREATE TABLE IF NOT EXISTS quarantine (
     payload {blob} NOT NULL
 );
 CREATE INDEX IF NOT EXISTS quarantine_reason ON quarantine (reason, received_at);
+CREATE TABLE IF NOT EXISTS audit_heads (
+    node TEXT NOT NULL,
+    aseq BIGINT NOT NULL,
+    mac TEXT NOT NULL,
+    first_tseq BIGINT NOT NULL,
+    last_tseq BIGINT NOT NULL,
+    first_at {real} NOT NULL,
+    PRIMARY KEY (node, aseq, mac)
+);
 CREATE TABLE IF NOT EXISTS ingesters (
     name TEXT PRIMARY KEY,
     host TEXT NOT NULL,

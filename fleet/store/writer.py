@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fleet import wire
+from fleet.store import auditheads
 from fleet.store.db import Database
 from fleet.store.rows import (
     GNSS_MODES,
@@ -317,6 +318,8 @@ class BatchWriter:
         batch.out.records += len(rows)
 
     def _telemetry(self, items: list[Telemetry], nodes: dict[str, NodeState], batch: Batch) -> None:
+        new = auditheads.fresh(self.db, items)  # before storing them: re-deliveries raise nothing twice
+        auditheads.check(self.db, new, batch, self._alarm)
         self.db.executemany(
             "INSERT INTO telemetry (node, digest, received_at, body) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (node, digest) DO NOTHING",

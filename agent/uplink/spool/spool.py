@@ -75,6 +75,7 @@ class Spool:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._listeners: list[Callable[[list[Record]], None]] = []
+        self._ack_listeners: list[Callable[[list[int]], None]] = []
         self._mark_uptimes: list[float] = []  # per commit: its uptime and first rowid (live vs backlog)
         self._mark_rowids: list[int] = []
         self._last_housekeeping = 0.0
@@ -127,6 +128,11 @@ class Spool:
     def add_listener(self, fn: Callable[[list[Record]], None]) -> None:
         """Called from the committer thread with the records of each commit; must be quick."""
         self._listeners.append(fn)
+
+    def add_ack_listener(self, fn: Callable[[list[int]], None]) -> None:
+        """Called with the rowids of records the broker acknowledged (delivered, not dropped), on the
+        thread that acknowledges them; must be quick (e.g. the audit log learns its head was published)."""
+        self._ack_listeners.append(fn)
 
     def accept(self, group: Iterable[Outgoing]) -> bool:
         """Queue a group of records for the next commit; never blocks on the disk.
@@ -196,6 +202,9 @@ class Spool:
         with self._cond:
             self._acks.update(gone)
             self._cond.notify_all()
+        if gone:
+            for listener in self._ack_listeners:
+                listener(gone)
 
     def drop(self, rowid: int, reason: str) -> None:
         """Remove a record that can never be delivered (e.g. the broker refuses it), counting the drop."""
