@@ -13,6 +13,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -99,7 +100,7 @@ class Clock:
 
     GNSS_VALID_S = 600.0
 
-    def __init__(self, *, ntp_probe=kernel_reports_synchronised) -> None:
+    def __init__(self, *, ntp_probe: Callable[[], bool | None] = kernel_reports_synchronised) -> None:
         self._ntp_probe = ntp_probe
         self._lock = threading.Lock()
         self._gnss_offset: float | None = None  # gnss_utc - system wall, seconds

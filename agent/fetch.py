@@ -11,7 +11,8 @@ it fetch a URL must not become a way to look around that network or to fill its 
   space that must stay on the filesystem (`reserve`: the spool's floor plus what its budget still
   allows it to grow), so a download can never push the spool into evicting events;
 - whatever goes wrong is a `FetchError` whose `str()` a remote requester may see (one and the same
-  words for every network failure, so a URL cannot be used to probe what answers where) and whose
+  words for every network failure and wrong file, so a URL cannot be used to probe what answers
+  where; only the node's own limits are named) and whose
   `detail` says what really happened, for the local log and for the command line.
 
 The data goes to ``DEST.part`` and is fsync'd; a cut link keeps the part file for the next attempt,
@@ -69,6 +70,7 @@ class _NoRoom(Exception):
 @dataclass(frozen=True)
 class FetchPolicy:
     hosts: tuple[str, ...] = ()  # host or host:port; empty: any
+    schemes: tuple[str, ...] = SCHEMES  # + "file" for a mirror on a local disk (`agent models fetch`)
     max_bytes: int = 512 * 1024 * 1024  # the most this file may have
     reserve: Callable[[], int] = field(default=lambda: 0)  # bytes that must stay free on the filesystem
 
@@ -79,8 +81,11 @@ class FetchPolicy:
             port = parts.port
         except ValueError:
             return "url is not a valid URL"
-        if parts.scheme not in SCHEMES:
-            return f"url must be http:// or https://, not {parts.scheme or 'no scheme'}"
+        if parts.scheme not in self.schemes:
+            allowed = " or ".join(f"{s}://" for s in self.schemes)
+            return f"url must be {allowed}, not {parts.scheme or 'no scheme'}"
+        if parts.scheme == "file":
+            return None
         host = (parts.hostname or "").rstrip(".")
         if not host:
             return "url has no host"
@@ -118,8 +123,11 @@ class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
 
 
 def opener(policy: FetchPolicy) -> urllib.request.OpenerDirector:
-    """HTTP(S) only: no ftp:, file: or data: handlers, redirects checked against the policy."""
+    """HTTP(S) only (and file: if the policy allows it): no ftp: or data: handlers, redirects checked
+    against the policy."""
     director = urllib.request.OpenerDirector()
+    if "file" in policy.schemes:
+        director.add_handler(urllib.request.FileHandler())
     for handler in (
         urllib.request.ProxyHandler(),
         urllib.request.UnknownHandler(),
@@ -155,7 +163,7 @@ class _Sink:
 
     def write(self, chunk: bytes) -> None:
         if self.done + len(chunk) > self.policy.max_bytes:
-            raise _NoRoom(f"more than the {self.policy.max_bytes} bytes there is room for")
+            raise _NoRoom(f"more than the {self.policy.max_bytes} allowed")
         if _room(self.path.parent, self.policy.reserve()) < len(chunk):
             raise _NoRoom("the spool needs the remaining disk space (its free-space floor and budget)")
         self.out.write(chunk)
@@ -204,7 +212,7 @@ def download(
                 (have if resumed else 0) + int(length) if length is not None and length.isdigit() else None
             )
             if total is not None and total > policy.max_bytes:
-                raise _NoRoom(f"{total} bytes, more than the {policy.max_bytes} there is room for")
+                raise _NoRoom(f"{total} bytes, more than the {policy.max_bytes} allowed")
             sink = _Sink(part, policy, append=resumed)
             try:
                 while chunk := response.read(CHUNK):
@@ -220,9 +228,12 @@ def download(
         if not (exc.code == 416 and have):  # asked past the end: the part may be complete
             raise FetchError(GENERIC, f"{url}: HTTP {exc.code} {exc.reason}") from None
         got = sha256_of(part)
-    except (_Refused, _NoRoom) as exc:
+    except _Refused as exc:
         keep_part = False
         raise FetchError(GENERIC, f"{url}: {exc}; refused") from None
+    except _NoRoom as exc:  # the node's own limits: safe to say, and what the requester must change
+        keep_part = False
+        raise FetchError(f"{exc}; refused", f"{url}: {exc}; refused") from None
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         kept = part.stat().st_size if part.exists() else 0

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import agent
 from agent import fetch as fetch_file
@@ -122,18 +122,18 @@ def resolve(spec: str, state_dir: Path | None) -> Path:
         if not path.is_file():
             raise ModelError(f"model file not found: {path}")
         return path
-    path = installed_path(spec, state_dir)
-    if path is None:
+    installed = installed_path(spec, state_dir)
+    if installed is None:
         raise ModelError(
             f"model {spec!r} is not installed; run `agent models fetch {spec}` (needs the network or --mirror)"
         )
     item = entry(spec)
-    if item.sha256 and not _digest_matches(path, item.sha256):
+    if item.sha256 and not _digest_matches(installed, item.sha256):
         raise ModelError(
-            f"{path} is not the {spec} model the manifest names (sha256 differs): a damaged file; "
+            f"{installed} is not the {spec} model the manifest names (sha256 differs): a damaged file; "
             "reinstall the agent or fetch the model again"
         )
-    return path
+    return installed
 
 
 def _digest_matches(path: Path, sha256: str) -> bool:
@@ -173,7 +173,7 @@ def download(
 ) -> Path:
     """Download a model file to `dest`, resuming a partial download, verified against `sha256`
     (agent.fetch.download: a cut link or a wrong file never replaces a working model)."""
-    policy = fetch_file.FetchPolicy(max_bytes=max_bytes)
+    policy = fetch_file.FetchPolicy(max_bytes=max_bytes, schemes=(*fetch_file.SCHEMES, "file"))  # --mirror DIR
     try:
         return fetch_file.download(url, dest, sha256, policy, progress=progress, timeout=timeout)
     except fetch_file.FetchError as exc:
@@ -228,7 +228,7 @@ def describe(state_dir: Path | None) -> list[dict[str, Any]]:
     return rows
 
 
-def text_progress(stream=sys.stderr) -> Progress:
+def text_progress(stream: TextIO = sys.stderr) -> Progress:
     """A one-line progress bar for terminals (and a quiet one for pipes)."""
     last = [-1]
 

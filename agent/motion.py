@@ -69,8 +69,8 @@ class MotionGate:
     def measure(self, image: np.ndarray) -> MotionResult:
         h, w = image.shape[:2]
         scale = self.cfg.width / w
-        grey = shrink_grey(image, self.cfg.width, max(1, round(h * scale)))
-        grey = cv2.GaussianBlur(grey, (5, 5), 0).astype(np.float32)
+        shrunk = shrink_grey(image, self.cfg.width, max(1, round(h * scale)))
+        grey: np.ndarray = cv2.GaussianBlur(shrunk, (5, 5), 0).astype(np.float32)
         if self._background is None or self._background.shape != grey.shape:
             self._background = grey.copy()
             return MotionResult(0.0, [])
@@ -80,7 +80,7 @@ class MotionGate:
         if mean > 1.0:
             grey *= bg_mean / mean
         diff = cv2.absdiff(grey, self._background)
-        mask = (diff > self.cfg.pixel_threshold).astype(np.uint8)
+        mask: np.ndarray = (diff > self.cfg.pixel_threshold).astype(np.uint8)
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self._kernel)
         cv2.accumulateWeighted(grey, self._background, self.cfg.background_alpha)
         area = float(mask.mean())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from agent.config.rules import OutputConfig
@@ -99,7 +99,7 @@ class OutputBank:
 
     name = "outputs"
 
-    def __init__(self, configs: Sequence[OutputConfig], opener=open_output) -> None:
+    def __init__(self, configs: Sequence[OutputConfig], opener: Callable[[OutputConfig], Output] = open_output) -> None:
         self._configs = list(configs)
         self._opener = opener
         self._outputs: dict[str, Output] = {}

@@ -19,11 +19,16 @@ from agent.config.schema import EventsConfig
 from agent.detect import Detection, Detector
 from agent.detect.regions import detect_regions, plan_regions
 from agent.events import EventEmitter, EventFactory, normalise
-from agent.events.thumbs import CropThumbnailer, Thumbnailer
+from agent.events.thumbs import CropThumbnailer, NormBox, Thumbnailer
 from agent.motion import MotionGate, MotionResult
 from agent.track import Tracker, TrackEvent
 
 log = logging.getLogger(__name__)
+
+
+def _norm_box(box: tuple[float, float, float, float], width: int, height: int) -> NormBox:
+    x1, y1, x2, y2 = normalise(box, width, height)
+    return (x1, y1, x2, y2)
 
 FrameObserver = Callable[[Frame, list[Detection], Tracker], None]
 FrameFilter = Callable[[Frame], Frame]
@@ -167,8 +172,8 @@ class Pipeline:
         thumb = None
         if event.kind == "object_appeared" and self.events_cfg.thumbnails:
             h, w = frame.image.shape[:2]
-            objects = [(tr.label, tuple(normalise(tr.box, w, h))) for tr in self.tracker.tracks]
-            thumb = self.thumbnailer(frame, tuple(normalise(event.track.box, w, h)), objects)
+            objects = [(tr.label, _norm_box(tr.box, w, h)) for tr in self.tracker.tracks]
+            thumb = self.thumbnailer(frame, _norm_box(event.track.box, w, h), objects)
         if self.emitter.emit(body, thumb):
             self.stats.events += 1
 

@@ -158,7 +158,9 @@ class TamperDetector:
             return self._while_normal(reason, m, z, t, dt)
         return self._while_tampered(reason, m, z, t)
 
-    def _while_normal(self, reason: str | None, m: Measures, z: np.ndarray, t: float, dt: float):
+    def _while_normal(
+        self, reason: str | None, m: Measures, z: np.ndarray, t: float, dt: float
+    ) -> TamperChange | None:
         if reason is None:
             self._candidate_since = None
             self._adopt(m, z, min(1.0, dt / self.cfg.adapt_s))
@@ -172,7 +174,7 @@ class TamperDetector:
         log.warning("camera tamper: %s (%s)", reason, _describe(m))
         return TamperChange("tamper", reason, t)
 
-    def _while_tampered(self, reason: str | None, m: Measures, z: np.ndarray, t: float):
+    def _while_tampered(self, reason: str | None, m: Measures, z: np.ndarray, t: float) -> TamperChange | None:
         assert self.tampered is not None
         if reason is not None:
             self._clear_since = None

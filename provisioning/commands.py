@@ -220,11 +220,11 @@ def provision_nodes(
     out = Outcome()
     counts = {"created": 0, "updated": 0, "unchanged": 0}
     for spec in specs:
-        files = changed.get(spec.id, [])
-        verb = "unchanged" if not files else ("updated" if existed[spec.id] else "created")
+        written = changed.get(spec.id, [])
+        verb = "unchanged" if not written else ("updated" if existed[spec.id] else "created")
         counts[verb] += 1
-        detail = issued_notes.get(spec.id) or (", ".join(files) if files else "")
-        out.say(f"{spec.id:<20} {verb:<9} {detail}".rstrip(), changed=bool(files))
+        detail = issued_notes.get(spec.id) or (", ".join(written) if written else "")
+        out.say(f"{spec.id:<20} {verb:<9} {detail}".rstrip(), changed=bool(written))
     for node_id in skipped:
         out.say(f"{node_id:<20} revoked   skipped (remove it from the sheet, or --reissue {node_id})")
         counts["revoked"] = counts.get("revoked", 0) + 1

@@ -45,7 +45,7 @@ CLUSTER_NODE_RE = re.compile(r"^[A-Za-z0-9_-]+@[A-Za-z0-9.-]+$")
 
 def amqp_topic(mqtt_topic: str) -> str:
     """MQTT topic → AMQP routing key as RabbitMQ's MQTT plugin maps them ('/' ↔ '.')."""
-    return mqtt_topic.translate(str.maketrans({"/": ".", ".": "/"}))
+    return mqtt_topic.translate(str.maketrans("/.", "./"))
 
 
 def _rx(text: str) -> str:

@@ -283,6 +283,9 @@ def test_tls_with_client_certificate(tmp_path, spool):
             time.sleep(0.05)  # polling a status field written by another thread
         no_cert.stop()
         assert not no_cert.connected and no_cert.connect_failures >= 1
+        # the reason a technician can act on (the TLS alert), not a timeout that names nothing
+        assert "closed the connection before accepting it" in str(no_cert.last_error), no_cert.last_error
+        assert "certificate required" in str(no_cert.last_error), no_cert.last_error
     finally:
         b.stop()
 

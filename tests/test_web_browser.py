@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import time
 import urllib.error
@@ -141,6 +142,16 @@ def test_status_page_on_a_phone(browser, tmp_path):
         tiles = browser.js("return Object.fromEntries([...document.querySelectorAll('[data-k]')]"
                            ".map(e => [e.dataset.k, e.textContent]))")
         assert tiles["camera"] == "streaming" and "fps" in tiles["camera-sub"]
+        # real values, not the placeholders: what the tiles say is what /status.json says
+        status = browser.js("return fetch('/status.json').then(r => r.json())")
+        shown_fps = re.search(r"· ([0-9.]+) fps", tiles["camera-sub"])
+        assert shown_fps and float(shown_fps.group(1)) > 0, tiles["camera-sub"]
+        live_fps = status["pipeline"]["fps"]["capture"]  # a moment later: close, not equal
+        assert abs(float(shown_fps.group(1)) - live_fps) <= max(3.0, live_fps / 2), (tiles, status["pipeline"])
+        runs = re.fullmatch(r"([0-9.]+) runs/s", tiles["detect"])
+        assert runs and float(runs.group(1)) > 0, tiles["detect"]
+        assert tiles["detect-sub"].startswith(status["versions"]["model"]) and "ms p50/p95" in tiles["detect-sub"]
+        assert status["versions"]["model"] and "–" not in tiles["detect-sub"].split(" · ")[1], tiles["detect-sub"]
         assert tiles["link"] == "no broker" and "waiting" in tiles["spool"]
         # made for a phone: nothing wider than the screen, tap targets at least 48 px
         assert browser.js("return document.documentElement.scrollWidth <= window.innerWidth")

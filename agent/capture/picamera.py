@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import cv2
 
@@ -33,7 +34,7 @@ class Picamera2Source(FrameSource):
         self.lores = (lores[0] - lores[0] % 2, lores[1] - lores[1] % 2)  # YUV420 needs even sizes
         self.main = main
         self._fps = fps
-        self._cam = None
+        self._cam: Any = None  # a Picamera2 once open
         self._index = 0
 
     @property
@@ -42,7 +43,7 @@ class Picamera2Source(FrameSource):
 
     def open(self) -> None:
         try:
-            from picamera2 import Picamera2  # type: ignore[import-not-found]
+            from picamera2 import Picamera2
         except ImportError:
             raise SourceError(
                 "picamera2 is not installed: on Raspberry Pi OS `sudo apt install python3-picamera2` and create "

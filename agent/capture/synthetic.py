@@ -167,10 +167,10 @@ class SyntheticScene:
         return (body,)
 
     def _person_colors(self) -> tuple[tuple[int, int, int], ...]:
-        shirt = tuple(int(c) for c in self._rng.integers(20, 235, 3))
-        trousers = tuple(int(c) for c in self._rng.integers(10, 120, 3))
-        skin_tone = self._rng.choice([(90, 120, 170), (120, 160, 210), (60, 80, 120), (140, 180, 225)])
-        return (shirt, trousers, tuple(int(c) for c in skin_tone))
+        shirt = self._rng.integers(20, 235, 3)
+        trousers = self._rng.integers(10, 120, 3)
+        skin = self._rng.choice([(90, 120, 170), (120, 160, 210), (60, 80, 120), (140, 180, 225)])
+        return tuple((int(c[0]), int(c[1]), int(c[2])) for c in (shirt, trousers, skin))
 
     def _spawn(self, frame: int) -> None:
         rng = self._rng

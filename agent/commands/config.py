@@ -11,7 +11,7 @@ from agent.config.security import exposures
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    environ = {} if args.ignore_env else None
+    environ: dict[str, str] | None = {} if args.ignore_env else None
     loaded = load_config(args.file, environ=environ)  # errors name the file and line
     for warning in exposures(loaded.config):  # refused outright with node.profile = "production"
         print(f"agent: warning: {warning}", file=sys.stderr)

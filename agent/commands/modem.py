@@ -64,7 +64,8 @@ def render(status: dict[str, Any], gnss: dict[str, Any] | None) -> str:
     out.append(_line("Signal", "  ".join(parts) or "unknown"))
     if status.get("apn") is not None:
         out.append(_line("APN", status["apn"] or "(empty)"))
-    gnss_text = {True: "engine on", False: "engine off"}.get(status.get("gnss_enabled"), "engine state unknown")
+    engine = status.get("gnss_enabled")
+    gnss_text = "engine on" if engine is True else "engine off" if engine is False else "engine state unknown"
     if gnss is not None:
         fix = gnss.get("fix")
         if fix and fix.get("mode", 0) >= 2:

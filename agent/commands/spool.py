@@ -12,7 +12,8 @@ from agent.paths import default_state_dir
 from agent.uplink.spool import Spool
 
 
-def _fmt_bytes(n: int) -> str:
+def _fmt_bytes(count: int) -> str:
+    n = float(count)
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -17,8 +17,8 @@ from agent.config.base import Section
 
 Point = tuple[float, float]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _.:/-]{0,63}$"
-DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+DAYS: tuple[Day, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 ZONE_RULES = ("zone_enter", "zone_exit", "dwell", "crowding", "object_left_behind", "object_removed")
 RuleType = Literal[
     "zone_enter", "zone_exit", "dwell", "line_crossing", "crowding", "object_left_behind", "object_removed"

@@ -117,9 +117,9 @@ def find_card(model_path: Path) -> tuple[ModelCard, str]:
                 "the model file was replaced or is corrupt"
             )
         return card, sha
-    card = manifest_card_for_sha(sha)
-    if card is not None:
-        return card, sha
+    known = manifest_card_for_sha(sha)
+    if known is not None:
+        return known, sha
     raise CardError(
         f"no model card for {model_path}: write {beside.name} beside it (see docs/model-card.md) "
         "or use a model from `agent models list`"

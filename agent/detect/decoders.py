@@ -33,7 +33,9 @@ def _xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
     return np.concatenate([xywh[:, :2] - half, xywh[:, :2] + half], 1)
 
 
-def _best_class(class_scores: np.ndarray, objectness: np.ndarray | None, threshold: float):
+def _best_class(
+    class_scores: np.ndarray, objectness: np.ndarray | None, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     classes = class_scores.argmax(1)
     scores = class_scores[np.arange(len(classes)), classes]
     if objectness is not None:

@@ -9,6 +9,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -68,7 +69,7 @@ def class_problem(classes: list[str], card: ModelCard) -> str | None:
     return f"detect.classes: model {card.name} has no class {', '.join(map(repr, unknown))} (it knows {known})"
 
 
-def session_options(threads: int, *, spinning: bool = False, xnnpack: bool = False):
+def session_options(threads: int, *, spinning: bool = False, xnnpack: bool = False) -> Any:
     """onnxruntime options for a small ARM/x86 board running one model next to capture and uplink.
 
     Full graph optimisation (it includes the NCHWc layout rewrite: about 2× faster than the basic
@@ -113,7 +114,7 @@ def providers(
     return chosen
 
 
-def open_session(model: Path | bytes, threads: int, *, spinning: bool = False):
+def open_session(model: Path | bytes, threads: int, *, spinning: bool = False) -> Any:
     import onnxruntime as ort
 
     chosen = providers(threads)
@@ -138,7 +139,7 @@ class OnnxDetector(Detector):
         card: ModelCard,
         sha256: str,
         *,
-        session=None,
+        session: Any = None,
         score_threshold: float = 0.4,
         nms_iou: float = 0.45,
         classes: list[str] | None = None,
@@ -207,7 +208,8 @@ class OnnxDetector(Detector):
             if (box[2] - box[0]) * (box[3] - box[1]) < max(min_area, 1.0):
                 continue
             label = self.card.labels[cls] if cls < len(self.card.labels) else f"class{cls}"
-            result.append(Detection(label, float(score), tuple(float(v) for v in box), int(cls)))
+            x1, y1, x2, y2 = (float(v) for v in box)
+            result.append(Detection(label, float(score), (x1, y1, x2, y2), int(cls)))
         return result
 
     def close(self) -> None:

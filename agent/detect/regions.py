@@ -101,7 +101,7 @@ def plan_regions(
         merged = False
         for i in range(len(groups)):
             for j in range(i + 1, len(groups)):
-                if regions[i].overlaps(regions[j]):  # type: ignore[union-attr]
+                if regions[i].overlaps(regions[j]):  # type: ignore[union-attr,arg-type]  # no None: checked above
                     groups[i] = _union(groups[i], groups[j])
                     del groups[j]
                     merged = True

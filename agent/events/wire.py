@@ -42,7 +42,7 @@ def compact(body: dict[str, Any]) -> dict[str, Any]:
         out[key] = value
     clock = out.get("clock")
     derivable = isinstance(clock, dict) and "source" in clock
-    if derivable and clock.get("trusted") == (clock["source"] in TRUSTED_SOURCES):
+    if derivable and isinstance(clock, dict) and clock.get("trusted") == (clock["source"] in TRUSTED_SOURCES):
         out["clock"] = {k: v for k, v in clock.items() if k != "trusted"}
     if "first_seen" in out and "last_seen" in out and out["last_seen"] == out.get("ts"):
         del out["last_seen"]

@@ -139,7 +139,7 @@ class SystemProbe:
             disk = shutil.disk_usage(self.disk_path)
             disk_free, disk_total = disk.free, disk.total
         except OSError:
-            disk_free = disk_total = None
+            disk_free = disk_total = None  # type: ignore[assignment]  # unknown, reported as null
         try:
             load = os.getloadavg()[0]
         except OSError:

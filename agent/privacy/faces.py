@@ -12,6 +12,7 @@ frames are cut in overlapping tiles so a face in a 1080p main stream stays large
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -129,7 +130,7 @@ class FaceDetector:
         return boxes.astype(np.float32), scores
 
 
-def _tiles(image: np.ndarray, size: int, overlap: int):
+def _tiles(image: np.ndarray, size: int, overlap: int) -> Iterator[tuple[int, int, np.ndarray]]:
     """(x, y, view) tiles of at most size×size covering the image, overlapping so faces are whole."""
     h, w = image.shape[:2]
     step = max(1, size - overlap)

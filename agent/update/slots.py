@@ -488,7 +488,6 @@ def launch_main(argv: list[str] | None = None) -> int:
         _spawn_guard(layout, version)
     os.environ[RELEASES_ENV] = str(layout.releases)
     os.execv(str(agent_bin), [str(agent_bin), *args])
-    return 1  # not reached
 
 
 def launcher_script(lib_dir: str) -> str:

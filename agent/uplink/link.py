@@ -134,7 +134,7 @@ class LinkProxy:
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
                 conn.close()
 
-    def _spawn(self, target, name: str, *args) -> None:
+    def _spawn(self, target: Callable[..., object], name: str, *args: object) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
         thread.start()
         self._threads = [t for t in self._threads if t.is_alive()] + [thread]

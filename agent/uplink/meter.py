@@ -9,6 +9,8 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -18,6 +20,14 @@ def percentile(values: list[float] | deque[float], q: float) -> float | None:
     if not values:
         return None
     return float(np.percentile(np.fromiter(values, float), q))
+
+
+class MetaStore(Protocol):
+    """Where the meter keeps today's count across restarts (the spool's key-value store)."""
+
+    def put_meta(self, key: str, value: str) -> None: ...
+
+    def get_meta(self, key: str) -> str | None: ...
 
 
 class LinkMeter:
@@ -99,7 +109,9 @@ class ByteBudget:
 
     SAVE_EVERY_S = 10.0
 
-    def __init__(self, per_second: float | None, per_day: int | None, uptime, store=None) -> None:
+    def __init__(
+        self, per_second: float | None, per_day: int | None, uptime: Callable[[], float], store: MetaStore | None = None
+    ) -> None:
         self.per_second = per_second
         self.per_day = per_day
         self._uptime = uptime

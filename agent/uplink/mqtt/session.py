@@ -61,7 +61,9 @@ class Session:
         self.ended: str | None = None  # why the connection ended
         self.end_code = 0  # the MQTT reason code it ended with (0: none given)
         self.max_packet_size: int | None = None  # MQTT 5: the broker's Maximum Packet Size, if it said
+        self.socket_error: str | None = None  # the last socket/TLS error paho's thread logged
         self.events = SessionEvents()
+        self._awaiting_connack = False
         self._notify = notify  # something arrived (a PUBACK, a message, the end of the connection)
         self._changed = threading.Event()
         self._lock = threading.Lock()
@@ -98,6 +100,7 @@ class Session:
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        client.on_log = self._on_log
         return client
 
     # -- connecting -------------------------------------------------------------------------------
@@ -124,15 +127,18 @@ class Session:
             # small QoS 1 publishes must not wait for Nagle's algorithm (40 ms stalls per round trip)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._awaiting_connack = True
         self.client.loop_start()
         self._looping = True
         deadline = time.monotonic() + CONNACK_TIMEOUT_S
         while not self.connected and self.refusal is None and self.ended is None:
             if stop.is_set() or time.monotonic() > deadline:
+                self._awaiting_connack = False
                 self.close()
                 raise ConnectionError("no CONNACK from the broker")
             self._changed.wait(0.1)
             self._changed.clear()
+        self._awaiting_connack = False
         if not self.connected:
             self.close()
             raise ConnectionError(self.refusal or self.ended or "connection closed before CONNACK")
@@ -194,9 +200,18 @@ class Session:
         if self.connected:
             self.ended = self.ended or f"disconnected ({reason_code})"
             self.end_code = int(getattr(reason_code, "value", 0))
+        elif self._awaiting_connack and self.refusal is None:
+            # closed before any CONNACK: with TLS that is how a broker refuses a client certificate it
+            # does not accept (or none); the socket error paho saw says which
+            why = f": {self.socket_error}" if self.socket_error else ""
+            self.ended = self.ended or f"the broker closed the connection before accepting it{why}"
         self.connected = False
         client.disconnect()  # no reconnect by paho's thread: the next connection is a new Session
         self._wake()
+
+    def _on_log(self, _client: Any, _userdata: Any, level: int, message: str) -> None:
+        if level == paho.MQTT_LOG_ERR:
+            self.socket_error = message
 
     def _on_publish(self, _client: Any, _userdata: Any, mid: int, reason_code: Any, _props: Any) -> None:
         code = int(getattr(reason_code, "value", 0))
