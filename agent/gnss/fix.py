@@ -9,7 +9,9 @@ The merge rules follow gpsd's NMEA driver, because its decoded output is our ref
 comes from GGA (position + altitude + ≥4 satellites = 3D), RMC/GLL (position = at least 2D) and GSA
 (the receiver's own 1/2/3), and a 3D fix is not downgraded by a sentence that cannot tell 2D from
 3D. Void sentences (RMC/GLL status V, GGA quality 0, GNS mode N) mean no fix. Dates come only from
-RMC and ZDA; until one arrives the fix has no time (GGA alone carries no date).
+RMC and ZDA; until one arrives the fix has no time (GGA alone carries no date). The per-sentence
+rules stay in this one module, side by side, because they are only right together (each one reads
+what the others of the same cycle left); that is why it is a little over 500 lines.
 
 A checksum only proves the bytes arrived as sent, not that they make sense: every field is parsed
 strictly (plain decimal numbers, ranges a receiver can report) and a field that fails is unknown,

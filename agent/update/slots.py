@@ -4,6 +4,7 @@ This module runs where nothing else of Vigil can: the node's install step copies
 /opt/vigil/lib/vigil_slots.py, and both first boot (`/opt/vigil/firstboot`, before any venv exists)
 and the systemd service's launcher (`/opt/vigil/launch`, which must work whatever the release it
 starts is like) use that copy with the system python3. The agent imports it as agent.update.slots.
+It is one file on purpose (copied alone, importing nothing of Vigil), hence its length.
 
 Layout of ``releases`` (/opt/vigil/releases, the only place under /opt the agent's user may write):
 
