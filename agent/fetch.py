@@ -227,7 +227,7 @@ def download(
     except urllib.error.HTTPError as exc:
         if not (exc.code == 416 and have):  # asked past the end: the part may be complete
             raise FetchError(GENERIC, f"{url}: HTTP {exc.code} {exc.reason}") from None
-        got = sha256_of(part)
+        got = sha256_file(part)
     except _Refused as exc:
         keep_part = False
         raise FetchError(GENERIC, f"{url}: {exc}; refused") from None
@@ -277,7 +277,7 @@ def copy_verified(source: Path, dest: Path, sha256: str, policy: FetchPolicy) ->
         tmp.unlink(missing_ok=True)
 
 
-def sha256_of(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         while chunk := fh.read(1 << 20):

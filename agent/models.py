@@ -20,7 +20,8 @@ from typing import Any, TextIO
 
 import agent
 from agent import fetch as fetch_file
-from agent.detect.card import ModelCard, card_path_for, parse_card, sha256_file
+from agent.detect.card import ModelCard, card_path_for, parse_card
+from agent.fetch import sha256_file
 from agent.fsutil import atomic_write
 
 MIRROR_ENV = "VIGIL_MODELS_MIRROR"

@@ -3,7 +3,8 @@
 
 This file is copied into every bundle (beside install.sh) and must run on a fresh Raspberry Pi OS
 with nothing but python3, so it uses the standard library only, and it is one file on purpose (the
-bundle carries it alone; nothing to import beside it), which is why it is longer than our other modules. Every step first looks at what is
+bundle carries it alone; nothing to import beside it), which is why it is longer than our other
+modules. Every step first looks at what is
 there and changes only what is not right yet, so running it twice is safe and the second run says
 "no changes". With --root DIR nothing outside DIR is touched: files, the `vigil` user (as
 passwd/group entries) and the service enablement (as a symlink) are written into DIR, and what

@@ -25,13 +25,14 @@ from pathlib import Path
 
 from agent import models
 from agent.detect.card import card_path_for
+from agent.fetch import sha256_file
 from agent.update import slots
 from agent.update.release import ReleaseError, Trusted, extract, open_release
 from provisioning import release as releases
 from provisioning.errors import ProvisionError
 from provisioning.fleet import Fleet
 from provisioning.install import RELEASES_DIR, STATE_DIR, USER, dpkg_installed, read_table
-from provisioning.wheelhouse import Target, sha256_file
+from provisioning.wheelhouse import Target
 
 Log = Callable[[str], None]
 OFFLINE_MODELS = ("yolox-nano", "centerface")

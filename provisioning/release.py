@@ -24,12 +24,13 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.fetch import sha256_file
 from agent.update.release import FORMAT, key_id, manifest_bytes
 from agent.update.slots import LOCK, MANIFEST, SIGNATURE, WHEELS
 from provisioning.errors import ProvisionError
 from provisioning.files import ensure_dir, write_file
 from provisioning.fleet import Fleet
-from provisioning.wheelhouse import Target, Wheelhouse, build_agent_wheel, build_wheelhouse, sha256_file
+from provisioning.wheelhouse import Target, Wheelhouse, build_agent_wheel, build_wheelhouse
 
 Log = Callable[[str], None]
 CHECKOUT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,6 @@ pip does the resolving for the target, not for this machine (`pip download --pla
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import subprocess
@@ -19,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.fetch import sha256_file
 from agent.update.release import ARCHES
 from provisioning.errors import ProvisionError
 
@@ -118,14 +118,6 @@ def wheel_version(wheel: Path) -> tuple[str, str]:
     if match is None:
         raise ProvisionError(f"{wheel.name} is not a wheel file name")
     return canonical(match["name"]), match["version"]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def build_wheelhouse(agent_wheel: Path, target: Target, dest: Path, log: Log) -> Wheelhouse:

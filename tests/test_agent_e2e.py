@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import queue
 import signal
@@ -106,7 +107,7 @@ def test_real_clip_gives_six_person_visits_one_after_another(state_dir, event_va
     assert len(appeared) == 6, [(e["type"], e["ts"]) for e in events]
     assert len(left) == len(appeared)
     visits = sorted((e["first_seen"], e["ts"]) for e in left)
-    assert visits == sorted(set(visits)) and all(a[1] <= b[0] for a, b in zip(visits, visits[1:])), visits
+    assert visits == sorted(set(visits)) and all(a[1] <= b[0] for a, b in itertools.pairwise(visits)), visits
     assert {e["label"] for e in events} == {"person"}  # the tvmonitor false positives never leave the node
     assert all(e["model"]["name"] == "yolox-nano" for e in events)
     assert all(e["duration_s"] >= 3 for e in left)

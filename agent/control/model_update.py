@@ -34,8 +34,8 @@ from agent.control.jobs import BackgroundCommand, Cancelled
 from agent.control.live import apply_detect
 from agent.control.protocol import CommandError
 from agent.detect import CardError, Detection, Detector
-from agent.detect.card import card_path_for, parse_card, sha256_file
-from agent.fetch import FetchError, FetchPolicy
+from agent.detect.card import card_path_for, parse_card
+from agent.fetch import FetchError, FetchPolicy, sha256_file
 from agent.urls import hide_userinfo
 
 if TYPE_CHECKING:

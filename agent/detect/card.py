@@ -7,13 +7,14 @@ upstream file such as yolox_nano.onnx needs no file written beside it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from agent.fetch import sha256_file
 
 
 class CardError(Exception):
@@ -65,14 +66,6 @@ class ModelCard(_Strict):
         if any(s == 0 for s in self.input.std):
             raise ValueError("input.std must not contain 0")
         return self
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def card_path_for(model_path: Path) -> Path:

@@ -164,13 +164,13 @@ class AgentUpdater(BackgroundCommand):
                 raise ReleaseError(f"release file not found on the node: {path}")
             if path.stat().st_size > self.cfg.max_bytes:
                 raise ReleaseError(f"{path} is larger than update.max_bytes ({self.cfg.max_bytes}); refused")
-            got = fetch.sha256_of(path)
+            got = fetch.sha256_file(path)
             if got != args.sha256:
                 raise ReleaseError(f"{path} has sha256 {got}, expected {args.sha256}; refused")
             return path
         assert args.url is not None
         dest = layout.incoming / f"release-{args.sha256[:16]}.tar"
-        if dest.is_file() and fetch.sha256_of(dest) == args.sha256:
+        if dest.is_file() and fetch.sha256_file(dest) == args.sha256:
             return dest
         self._last_percent = -PROGRESS_STEP
         attempts = self.cfg.download_attempts
