@@ -74,9 +74,9 @@ class CommandClient:
     """One MQTT connection: subscribe to the node's replies, publish the request, wait for its reply."""
 
     def __init__(self, url: str, client_id: str, tls: Any, prefix: str, node: str) -> None:
-        from fleet.ingest.mqtt import BrokerUrl
+        from fleet.ingest.mqtt import broker_url
 
-        self.broker = BrokerUrl.parse(url)
+        self.broker = broker_url(url)
         self.client_id = client_id
         self.tls = tls
         self.base = f"{prefix}/{node}"

@@ -21,7 +21,7 @@ SUMMARY_S = 60.0
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from fleet.eventschema import EventValidator  # MQTT and the schema only for this command
-    from fleet.ingest.mqtt import BrokerUrl, SessionOptions
+    from fleet.ingest.mqtt import SessionOptions, broker_url
     from fleet.ingest.service import Ingest, IngestOptions
     from fleet.wire import WireParser
 
@@ -32,7 +32,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         raise FleetError(
             "--broker mqtt[s]://HOST:PORT is required (or --fleet DIR, whose fleet.toml names it)"
         )
-    brokers = [BrokerUrl.parse(u) for u in urls]
+    brokers = [broker_url(u) for u in urls]
     if any(b.tls for b in brokers) and context.tls is None:
         log.warning(
             "ingest: TLS without a client certificate (give --fleet DIR --operator NAME for a fleet broker)"

@@ -26,7 +26,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -35,6 +34,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from agent.uplink.mqtt.settings import BrokerUrl, UplinkError
 from fleet.errors import FleetError
 from fleet.wire import Incoming
 
@@ -44,29 +44,12 @@ CONNACK_TIMEOUT_S = 15.0
 LOOP_S = 0.02  # how long an acknowledgement may wait for the MQTT thread
 
 
-@dataclass(frozen=True)
-class BrokerUrl:
-    host: str
-    port: int
-    tls: bool
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerUrl:
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise FleetError(f"--broker {url!r} must look like mqtt://HOST:PORT or mqtts://HOST:PORT")
-        if parts.username or parts.password or parts.path not in ("", "/"):
-            raise FleetError(
-                f"--broker {url!r} must be just mqtt[s]://HOST:PORT (identities come from --operator)"
-            )
-        try:
-            port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-        except ValueError:
-            raise FleetError(f"--broker {url!r} has an invalid port") from None
-        return cls(parts.hostname, port, parts.scheme == "mqtts")
-
-    def __str__(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+def broker_url(url: str) -> BrokerUrl:
+    """The agent's own broker URL rules, in the words of the back office's options."""
+    try:
+        return BrokerUrl.parse(url, field="--broker", credentials="identities come from --operator")
+    except UplinkError as exc:
+        raise FleetError(str(exc)) from None
 
 
 @dataclass(frozen=True)

@@ -28,21 +28,28 @@ class BrokerUrl:
     tls: bool
 
     @classmethod
-    def parse(cls, url: str) -> BrokerUrl:
+    def parse(
+        cls,
+        url: str,
+        *,
+        field: str = "broker URL",
+        credentials: str = "put MQTT credentials in uplink.username / uplink.password_file",
+    ) -> BrokerUrl:
+        """`mqtt[s]://host[:port]` and nothing else; `field` names the setting in messages (the back
+        office says `--broker`), `credentials` where credentials go instead of the URL."""
+        shown = hide_userinfo(url)
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise UplinkError(
-                f"broker URL {hide_userinfo(url)!r} must look like mqtt://host:port or mqtts://host:port"
-            )
+            raise UplinkError(f"{field} {shown!r} must look like mqtt://host:port or mqtts://host:port")
         if parts.username or parts.password:
-            raise UplinkError(
-                "put MQTT credentials in uplink.username / uplink.password_file, not in the broker URL"
-            )
+            raise UplinkError(f"{credentials}, not in the {field}")
+        if parts.path not in ("", "/") or parts.query:
+            raise UplinkError(f"{field} {shown!r} must be just mqtt[s]://host:port (no path or query)")
         tls = parts.scheme == "mqtts"
         try:
             port = parts.port or (8883 if tls else 1883)
         except ValueError:
-            raise UplinkError(f"broker URL {hide_userinfo(url)!r} has an invalid port") from None
+            raise UplinkError(f"{field} {shown!r} has an invalid port") from None
         return cls(parts.hostname, port, tls)
 
     def __str__(self) -> str:
