@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import queue
-import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -125,27 +125,19 @@ class CommandClient:
         kind, rc = self._next({"puback", "disconnect"}, 15.0)
         if kind == "disconnect" or getattr(rc, "is_failure", False):
             return "refused", f"the broker refused cmd/{command} for this operator ({rc}): its role does not allow it"
-        deadline = threading.Event()
-        timer = threading.Timer(timeout, deadline.set)
-        timer.start()
-        try:
-            while not deadline.is_set():
-                try:
-                    kind, body = self.events.get(timeout=0.2)
-                except queue.Empty:
-                    continue
-                if kind == "disconnect":
-                    return "refused", f"the broker closed the connection ({body})"
-                if kind != "message":
-                    continue
-                try:
-                    reply = json.loads(body)
-                except ValueError:
-                    continue
-                if isinstance(reply, dict) and reply.get("id") == request_id:
-                    return "reply", reply
-        finally:
-            timer.cancel()
+        until = time.monotonic() + timeout
+        while (left := until - time.monotonic()) > 0:
+            kind, body = self._next({"message", "disconnect"}, left, quiet=True)
+            if kind == "disconnect":
+                return "refused", f"the broker closed the connection ({body})"
+            if kind != "message":
+                break
+            try:
+                reply = json.loads(body)
+            except ValueError:
+                continue
+            if isinstance(reply, dict) and reply.get("id") == request_id:
+                return "reply", reply
         return "timeout", None
 
     def _put(self, kind: str, value: Any) -> None:
@@ -154,20 +146,19 @@ class CommandClient:
         except queue.Full:
             log.warning("dropping %s: too many messages waiting", kind)
 
-    def _next(self, kinds: set[str], timeout: float) -> tuple[str, Any]:
-        deadline = threading.Event()
-        timer = threading.Timer(timeout, deadline.set)
-        timer.start()
-        try:
-            while not deadline.is_set():
-                try:
-                    kind, value = self.events.get(timeout=0.2)
-                except queue.Empty:
-                    continue
-                if kind in kinds:
-                    return kind, value
-        finally:
-            timer.cancel()
+    def _next(self, kinds: set[str], timeout: float, *, quiet: bool = False) -> tuple[str, Any]:
+        """The next event of one of `kinds` within `timeout` s; others are skipped. Without one:
+        ("timeout", None) if `quiet`, else FleetError."""
+        until = time.monotonic() + timeout
+        while (left := until - time.monotonic()) > 0:
+            try:
+                kind, value = self.events.get(timeout=min(left, 0.2))
+            except queue.Empty:
+                continue
+            if kind in kinds:
+                return kind, value
+        if quiet:
+            return "timeout", None
         raise FleetError(f"no answer from the broker {self.broker} within {timeout:.0f}s")
 
 
