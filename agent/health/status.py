@@ -155,7 +155,7 @@ class StatusCollector:
         r = self.running
         clock = r.clock.state()
         stages: dict[str, Any] = {}
-        for name, stage in list(r.extras.items()):
+        for name, stage in list(r.services.items()):
             found = _stage_status(stage)
             if found is not None:
                 stages[name] = found
