@@ -87,7 +87,7 @@ class ControlStage:
         )
         self.models = ModelUpdater(agent, running, health.tap, self.store, lambda: health.privacy.audit)
         self.releases = AgentUpdater(agent, running, lambda: health.privacy.audit, self.exit_for_restart)
-        self.snapshots = Snapshotter(agent, running, health)
+        self.snapshots = Snapshotter(lambda: agent.config, health, running.factory, running.pipeline.emitter)
         folder = running.state_dir / "control"
         folder.mkdir(parents=True, exist_ok=True)
         self.gate = CommandGate(agent.config, running.clock, running.spool, running.spool.uptime, folder)

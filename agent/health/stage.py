@@ -43,7 +43,7 @@ class HealthStage:
             agent.config.health, running.capture, pipeline.emitter, running.factory, on_change=self._camera_changed
         )
         self.system = SystemProbe(running.state_dir)
-        self.collector = StatusCollector(agent, running, self.system)
+        self.collector = StatusCollector(lambda: agent.config, running, self.system)
         self.privacy = PrivacyAccess(lambda: agent.config, running.services, running.state_dir, running.clock)
         self.telemetry_sent = 0
         self.telemetry_refused = 0
