@@ -186,7 +186,7 @@ class LiveConfig:
             raise CommandError(
                 f"could not apply or persist the change ({reason}); rolled back, nothing changed"
             ) from None
-        details = {"keys": changed, "persisted_to": str(persisted)}
+        details: dict[str, Any] = {"keys": changed, "persisted_to": str(persisted)}
         small = {k: get_path(new_dump, k) for k in changed if len(json.dumps(get_path(new_dump, k))) <= 200}
         if small:
             details["values"] = small
