@@ -42,6 +42,15 @@ def operator(broker, node):
     op.close()
 
 
+def test_every_tunable_setting_has_an_owner_or_is_read_at_each_use(node):
+    from agent.control.live import READ_AT_USE, under
+    from agent.control.tunable import TUNABLE
+
+    owners = [o.prefix for o in node.stage("control").live.owners]
+    orphans = [key for key in TUNABLE if not any(under(key, p) for p in [*owners, *READ_AT_USE])]
+    assert not orphans, f"tunable but nobody is told when they change: {orphans}"
+
+
 def owners_see(node: AgentHarness) -> dict:
     """What each owner of a copied setting holds now (not what the config says)."""
     running = node.running

@@ -40,6 +40,10 @@ MAX_KEYS = 64
 
 Undo = Callable[[], None]
 
+# Tunable settings nothing copies: their readers look at the agent's config at each use (the health
+# stage's telemetry loop), so swapping the config is all a change needs.
+READ_AT_USE: tuple[str, ...] = ("telemetry",)
+
 
 def get_path(data: Any, dotted: str) -> Any:
     for part in dotted.split("."):
