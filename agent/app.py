@@ -15,36 +15,27 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from agent import models
 from agent.capture import CaptureStage, FrameSource, SourceError, open_source, webcam_available
 from agent.clock import Clock
-from agent.config.schema import Config, DetectConfig
-from agent.detect import CardError, Detector, load_detector
+from agent.config.schema import Config
+from agent.detect import CardError, Detector
+from agent.detect.detector import detector_from_config as detector_from_config  # re-exported
+from agent.errors import EXIT_RESTART as EXIT_RESTART  # re-exported: older callers import it from here
+from agent.errors import AgentError as AgentError
 from agent.events import EVENTS_STREAM, EventEmitter, EventFactory, JsonLinesOutput, ThumbnailFiles
 from agent.motion import MotionGate
-from agent.paths import default_state_dir
+from agent.paths import state_dir_for as state_dir_for  # re-exported for older callers
 from agent.pipeline import Pipeline
+from agent.services import Services
 from agent.statelock import StateDirBusy, StateDirLock
 from agent.systemd import Notifier
 from agent.track import Tracker
 from agent.uplink.spool import Priority, Record, Spool, SpoolLimits, SpoolUnavailable
 
 log = logging.getLogger(__name__)
-
-
-def detector_from_config(path: Path, cfg: DetectConfig) -> Detector:
-    """Open a model with the detection settings of the config (start-up and model updates alike)."""
-    return load_detector(
-        path,
-        score_threshold=cfg.score_threshold,
-        nms_iou=cfg.nms_iou,
-        classes=cfg.classes,
-        min_box_area=cfg.min_box_area,
-        threads=cfg.threads,
-        spinning=cfg.spin,
-    )
 
 
 def local_delivery(spool: Spool, output: JsonLinesOutput | None) -> Callable[[list[Record]], None]:
@@ -63,14 +54,10 @@ def local_delivery(spool: Spool, output: JsonLinesOutput | None) -> Callable[[li
     return deliver
 
 
-class AgentError(Exception):
-    """A user-facing start-up failure (bad model, unreadable video, no camera): one clear message."""
-
-
 class Stage(Protocol):
     """A lifecycle object: started once, stopped once, in reverse order of starting.
 
-    Stages may also offer `name: str` (their key in `Running.extras`) and `status() -> dict`
+    Stages may also offer `name: str` (their field in `Running.services`) and `status() -> dict`
     (merged into status and telemetry reports).
     """
 
@@ -91,10 +78,6 @@ STAGE_BUILDERS: tuple[str, ...] = (
     "agent.update.stage",  # confirms a new release on probation, reports a rollback (after uplink and health)
     "agent.web.stage",
 )
-
-# `restart` command (agent.control): the agent stops cleanly and exits with this code; systemd's
-# Restart=always starts it again (EX_TEMPFAIL, so a log reader sees it was asked for).
-EXIT_RESTART = 75
 
 
 @dataclass
@@ -122,11 +105,7 @@ class Running:
     clock: Clock
     state_dir: Path
     stages: list[Stage] = field(default_factory=list)
-    extras: dict[str, Any] = field(default_factory=dict)
-
-
-def state_dir_for(config: Config) -> Path:
-    return (config.node.state_dir or default_state_dir()).expanduser()
+    services: Services = field(default_factory=Services)  # the optional stages, by type
 
 
 def choose_source(config: Config, simulate: bool) -> FrameSource:
@@ -174,6 +153,12 @@ class Agent:
         self.notifier = Notifier()
         self.exit_code = 0  # EXIT_RESTART when the control plane asked for a restart
         self._on_started: list[Callable[[Running], None]] = []
+
+    def use_config(self, config: Config) -> None:
+        """Replace the running configuration (live changes): one assignment, never an edit in place, so
+        a reader sees the old config or the new one whole. Stages that copy settings are told by the
+        caller (agent.control.live)."""
+        self.config = config
 
     # -- building ---------------------------------------------------------------------------------
     def _load_detector(self, path: Path) -> Detector:
@@ -296,7 +281,7 @@ class Agent:
                 continue
             stage.start()
             running.stages.append(stage)
-            running.extras[getattr(stage, "name", module_name.rsplit(".", 1)[-1])] = stage
+            running.services.add(stage)
 
     def on_started(self, hook: Callable[[Running], None]) -> None:
         self._on_started.append(hook)
@@ -326,7 +311,7 @@ class Agent:
     def _drain_at_end(self, running: Running) -> None:
         """A finite source ended by itself: give the uplink a bounded chance to deliver what is spooled."""
         limit = self.config.uplink.drain_at_end_s
-        if self.stop_event.is_set() or not limit or "uplink" not in running.extras:
+        if self.stop_event.is_set() or not limit or running.services.uplink is None:
             return
         self.notifier.send("STATUS=delivering the spool before exiting")
         deadline = time.monotonic() + limit

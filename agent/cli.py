@@ -118,7 +118,8 @@ def overrides_from(args: argparse.Namespace) -> tuple[dict[str, Any], dict[tuple
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agent.app import Agent, AgentError, RunOptions
+    from agent.app import Agent, RunOptions
+    from agent.errors import AgentError
 
     overrides, origins = overrides_from(args)
     if (

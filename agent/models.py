@@ -11,16 +11,15 @@ import hashlib
 import json
 import os
 import sys
-import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, TextIO
 
-import agent
 from agent import fetch as fetch_file
-from agent.detect.card import ModelCard, card_path_for, parse_card
+from agent.detect.card import ModelCard, card_path_for
+from agent.detect.manifest import ManifestEntry as ManifestEntry  # re-exported
+from agent.detect.manifest import manifest, shipped_dirs
 from agent.fetch import sha256_file
 from agent.fsutil import atomic_write
 
@@ -31,71 +30,12 @@ class ModelError(Exception):
     """A model cannot be found, fetched or verified; the message tells the user what to do."""
 
 
-@dataclass(frozen=True)
-class ManifestEntry:
-    name: str
-    description: str
-    license: str
-    url: str | None = None
-    mirror_path: str | None = None
-    sha256: str | None = None
-    size: int | None = None
-    file: str | None = None  # shipped models: path below the models folder
-    shipped: bool = False
-    card: ModelCard | None = None
-
-    @property
-    def filename(self) -> str:
-        for candidate in (self.file, self.mirror_path, self.url):
-            if candidate:
-                return Path(candidate.split("?")[0]).name
-        return f"{self.name}.onnx"
-
-
-def shipped_dirs() -> list[Path]:
-    """Folders holding the shipped models and manifest, most specific first."""
-    candidates = [
-        Path(os.environ["VIGIL_SHIPPED_MODELS"]) if os.environ.get("VIGIL_SHIPPED_MODELS") else None,
-        Path(agent.__file__).resolve().parents[1] / "models",
-        Path(sys.prefix) / "share" / "vigil" / "models",
-        Path("/usr/share/vigil/models"),
-    ]
-    return [p for p in candidates if p is not None and (p / "manifest.toml").is_file()]
-
-
-@lru_cache(maxsize=4)
-def _read_manifest(path: Path) -> tuple[ManifestEntry, ...]:
-    data = tomllib.loads(path.read_text(encoding="utf-8"))
-    entries = []
-    for raw in data.get("model", []):
-        raw = dict(raw)
-        card = parse_card(raw.pop("card"), f"{path} [{raw.get('name')}]") if "card" in raw else None
-        if card is not None and card.sha256 is None and raw.get("sha256"):
-            card = card.model_copy(update={"sha256": raw["sha256"]})
-        entries.append(ManifestEntry(card=card, **raw))
-    return tuple(entries)
-
-
-def manifest() -> tuple[ManifestEntry, ...]:
-    dirs = shipped_dirs()
-    if not dirs:
-        return ()
-    return _read_manifest(dirs[0] / "manifest.toml")
-
-
 def entry(name: str) -> ManifestEntry:
     for item in manifest():
         if item.name == name:
             return item
     known = ", ".join(e.name for e in manifest()) or "none"
     raise ModelError(f"unknown model {name!r} (known: {known}; see `agent models list`)")
-
-
-def manifest_card_for_sha(sha: str) -> ModelCard | None:
-    for item in manifest():
-        if item.card is not None and item.sha256 == sha:
-            return item.card
-    return None
 
 
 def installed_path(name: str, state_dir: Path | None) -> Path | None:

@@ -66,6 +66,10 @@ class MotionGate:
         self.max_detect_fps: float | None = None  # set by the thermal governor; None: no cap
         self.last_reason: str | None = None  # why the detector runs on the current frame (None: it does not)
 
+    def reconfigure(self, cfg: MotionConfig) -> None:
+        """Live retuning (the control plane, between two frames); the learned background is kept."""
+        self.cfg = cfg
+
     def measure(self, image: np.ndarray) -> MotionResult:
         h, w = image.shape[:2]
         scale = self.cfg.width / w

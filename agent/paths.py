@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agent.config.schema import Config
 
 
 def default_state_dir() -> Path:
@@ -12,3 +16,8 @@ def default_state_dir() -> Path:
         return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "vigil"
+
+
+def state_dir_for(config: Config) -> Path:
+    """The node's state directory: `node.state_dir` when set, else the default above."""
+    return (config.node.state_dir or default_state_dir()).expanduser()

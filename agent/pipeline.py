@@ -99,6 +99,14 @@ class Pipeline:
         """Held while a frame is analysed: hold it to change detector or gate settings between frames."""
         return self._lock
 
+    def reconfigure(self, events_cfg: EventsConfig) -> None:
+        """Live event settings (whether new objects get a thumbnail); call it holding `lock`."""
+        self.events_cfg = events_cfg
+
+    def limit_rate(self, max_fps: float | None) -> None:
+        """Cap the analysis rate (capture.fps set live; the camera's own rate changes at the next start)."""
+        self.max_fps = max_fps
+
     def swap_detector(self, detector: Detector) -> Detector:
         with self._lock:
             old, self.detector = self.detector, detector

@@ -251,9 +251,11 @@ class TamperStage:
         if self.emitter.emit(body, None):
             self.events += 1
 
-    def update(self, cfg: TamperConfig) -> None:
+    def reconfigure(self, cfg: TamperConfig) -> None:
         """Live retuning; the learned reference is kept."""
         self.detector.cfg = TamperConfig.model_validate(cfg.model_dump())
+
+    update = reconfigure  # the name it had before LiveConfig's table
 
     def start(self) -> None:
         pass

@@ -99,9 +99,10 @@ def run_agent(
     proxy = LinkProxy(("127.0.0.1", broker.port)).start() if count_bytes else None
     if proxy is not None:
         proxy.set_state(LinkState("up"))
-        cfg.uplink.broker = f"mqtt://127.0.0.1:{proxy.address[1]}"
+        url = f"mqtt://127.0.0.1:{proxy.address[1]}"
     else:
-        cfg.uplink.broker = broker.url
+        url = broker.url
+    cfg = cfg.model_copy(update={"uplink": cfg.uplink.model_copy(update={"broker": url})})  # config is frozen
     collector = Collector(
         broker.url, [f"{cfg.uplink.topic_prefix}/#"], client_id=f"bench-{time.monotonic_ns()}"
     )

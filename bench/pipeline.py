@@ -138,8 +138,7 @@ class Agentlike:
         self.inference_ms: list[float] = []
 
     def fps(self, source: FrameSource, count: int) -> float:
-        cfg = Config()
-        cfg.motion.enabled = False
+        cfg = Config.model_validate({"motion": {"enabled": False}})
         self.runs += 1
         spool = Spool(self.folder / f"bench-{self.runs}-{time.monotonic_ns()}").start()
         spool.add_listener(lambda records: spool.ack(r.rowid for r in records))  # as with no broker
@@ -240,7 +239,7 @@ def components(args: argparse.Namespace, frames: list[np.ndarray], folder: Path)
     )
     spool = Spool(folder / f"components-{time.monotonic_ns()}").start()
     spool.add_listener(lambda records: spool.ack(r.rowid for r in records))
-    cfg.motion.enabled = False
+    cfg = cfg.model_copy(update={"motion": cfg.motion.model_copy(update={"enabled": False})})  # frozen
     replay = Replay(detector, recorded)
     pipeline = Pipeline(
         detector=replay,

@@ -114,7 +114,7 @@ class AgentHarness:
         return self.agent.running
 
     def stage(self, name: str) -> Any:
-        return self.running.extras[name]
+        return self.running.services.get(name)
 
 
 class Operator:

@@ -17,7 +17,7 @@ from agent.clock import Clock
 from agent.config.privacy import FacesConfig, Mask
 from agent.config.schema import EventsConfig, MotionConfig
 from agent.detect import load_detector
-from agent.detect.card import find_card
+from agent.detect.manifest import find_card
 from agent.events import EventEmitter, EventFactory
 from agent.events.thumbs import CropThumbnailer, crop_box
 from agent.motion import MotionGate

@@ -170,12 +170,14 @@ def test_another_architecture_and_a_downgrade_are_refused(node, operator, releas
 
 def test_a_release_larger_than_the_cap_is_not_downloaded(node, operator, good):
     server = FileServer(good.path.parent)
-    node.agent.config.update.max_bytes = 50 * 1024 * 1024  # as a node configured with this cap would have it
+    config = node.agent.config  # frozen: a node configured with this cap gets a config of its own
+    capped = config.update.model_copy(update={"max_bytes": 50 * 1024 * 1024})
+    node.agent.use_config(config.model_copy(update={"update": capped}))
     try:
         message = refused(node, operator, {"url": server.url_for(good.path.name), "sha256": good.sha256,
                                            "version": "0.2.0"})
     finally:
-        node.agent.config.update.max_bytes = 400 * 1024 * 1024
+        node.agent.use_config(config)
         server.close()
     assert "more than the 52428800 allowed" in message
     assert not list((Path(node.agent.config.update.releases_dir) / ".incoming").glob("*.part"))

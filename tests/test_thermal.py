@@ -99,8 +99,8 @@ def test_a_running_agent_slows_its_detector_when_hot_and_reports_it(tmp_path):
     with AgentHarness(tmp_path / "state") as h:
         running = h.agent.running
         assert running is not None
-        governor = running.extras["thermal"]
-        health = running.extras["health"]
+        governor = running.services.thermal
+        health = running.services.health
         governor.read_temp, governor.read_flags = (lambda: 83.0), (lambda: 0x4)  # a Pi in the sun
         governor.flags_every_s = 0.0
         assert governor.poll() == "hot"

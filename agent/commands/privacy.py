@@ -13,7 +13,7 @@ from agent.privacy.report import build_report, render_markdown
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from agent.app import state_dir_for
+    from agent.paths import state_dir_for
 
     loaded = load_config(args.config)
     config = loaded.config
@@ -27,7 +27,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from agent.app import state_dir_for
+    from agent.paths import state_dir_for
     from agent.privacy.auditkey import KEY_NAME, AuditKeyError, read_key
 
     config = load_config(args.config).config

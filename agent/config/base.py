@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Section(BaseModel):
-    """Base for every config table: unknown keys are errors, assignments are re-validated."""
+    """Base for every config table: unknown keys are errors, and a table is never changed once validated
+    (a live change builds a new `Config` and swaps it in whole: agent.control.live)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)

@@ -17,6 +17,7 @@ from agent.config.control import ControlConfig, HealthConfig, HttpConfig, Teleme
 from agent.config.modem import GnssConfig, ModemConfig
 from agent.config.privacy import PrivacyConfig
 from agent.config.rules import RulesConfig, TamperConfig
+from agent.config.security import exposures
 from agent.config.update import UpdateConfig
 
 NODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
@@ -385,8 +386,6 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _production_is_not_exposed(self) -> Config:
-        from agent.config.security import exposures
-
         found = exposures(self) if self.node.profile == "production" else []
         if found:
             raise ValueError("node.profile = production refuses: " + "; ".join(found))

@@ -10,13 +10,31 @@ error; otherwise the agent logs them at start and `agent check-config` prints th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
 
-from agent.config.control import is_loopback
+from agent.config.control import ControlConfig, is_loopback
 
-if TYPE_CHECKING:
-    from agent.config.schema import Config
+
+class _Uplink(Protocol):
+    @property
+    def broker(self) -> str: ...
+    @property
+    def username(self) -> str | None: ...
+    @property
+    def password(self) -> str | None: ...
+    @property
+    def password_file(self) -> Path | None: ...
+
+
+class Exposable(Protocol):
+    """What `exposures` reads of a config (agent.config.schema.Config, which validates with it)."""
+
+    @property
+    def control(self) -> ControlConfig: ...
+    @property
+    def uplink(self) -> _Uplink: ...
 
 
 def _plain_remote_broker(url: str) -> bool:
@@ -29,7 +47,7 @@ def _plain_remote_broker(url: str) -> bool:
     return not is_loopback(host)
 
 
-def exposures(config: Config) -> list[str]:
+def exposures(config: Exposable) -> list[str]:
     """One sentence per exposing setting, naming the fields and what to do; empty when none."""
     found = []
     control = config.control

@@ -16,98 +16,57 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-from pydantic import Field, model_validator
+from typing import TYPE_CHECKING, Any, Protocol
 
 import agent as agent_pkg
+from agent.control.args import (
+    AgentUpdateArgs,
+    ConfigGetArgs,
+    ConfigSetArgs,
+    Context,
+    ModelUpdateArgs,
+    NoArgs,
+    RestartArgs,
+    Result,
+    SnapshotArgs,
+)
 from agent.control.protocol import CommandError, Strict
 from agent.control.roles import Role, allows
 
 if TYPE_CHECKING:
-    from agent.control.auth import Caller
-    from agent.control.stage import ControlStage
+    from agent.app import Agent, Running
+    from agent.control.live import LiveConfig
+    from agent.control.model_update import ModelUpdater
+    from agent.control.snapshot import Snapshotter
+    from agent.health.stage import HealthStage
+    from agent.update.updater import AgentUpdater
 
 log = logging.getLogger(__name__)
 
-Result = tuple[str, dict[str, Any]] | None
-ReplyFn = Callable[[bool, str, dict[str, Any] | None], None]
+class Controller(Protocol):
+    """What the commands use of the control stage (agent.control.stage.ControlStage): named here, so
+    the command table does not import the stage that imports it."""
 
+    agent: Agent
+    running: Running
+    health: HealthStage
+    live: LiveConfig
+    snapshots: Snapshotter
+    models: ModelUpdater
+    releases: AgentUpdater
 
-ProgressFn = Callable[[str, dict[str, Any]], None]
-
-
-@dataclass(frozen=True)
-class Context:
-    request_id: str | None
-    command: str
-    actor: str  # for the audit log: the command, the request id and the verified (or claimed) sender
-    reply: ReplyFn  # for commands that answer later
-    progress: ProgressFn | None = None  # interim "progress" replies of long commands
-    caller: Caller | None = None
-
-
-class NoArgs(Strict):
-    pass
-
-
-class SnapshotArgs(Strict):
-    reason: str = Field(default="operator request", min_length=1, max_length=200)
-
-
-class ConfigGetArgs(Strict):
-    keys: list[str] | None = Field(default=None, max_length=64, description="Dotted keys; default: all.")
-
-
-class ConfigSetArgs(Strict):
-    values: dict[str, Any] = Field(min_length=1, description="Dotted key -> new value.")
-
-
-class ModelUpdateArgs(Strict):
-    url: str | None = Field(default=None, max_length=2048)
-    path: str | None = Field(default=None, max_length=1024)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    card: dict[str, Any] | None = None
-    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> ModelUpdateArgs:
-        if (self.url is None) == (self.path is None):
-            raise ValueError("give exactly one of url or path")
-        if self.url is not None and not self.url.startswith(("http://", "https://")):
-            raise ValueError("url must be http:// or https://")
-        return self
-
-
-class AgentUpdateArgs(Strict):
-    url: str | None = Field(default=None, max_length=2048)
-    path: str | None = Field(default=None, max_length=1024)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Of the release file.")
-    version: str = Field(pattern=r"^[0-9][0-9A-Za-z.+_-]{0,63}$", description="The release's version.")
-    force: bool = Field(default=False, description="Allow a downgrade.")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> AgentUpdateArgs:
-        if (self.url is None) == (self.path is None):
-            raise ValueError("give exactly one of url or path")
-        if self.url is not None and not self.url.startswith(("http://", "https://")):
-            raise ValueError("url must be http:// or https://")
-        return self
-
-
-class RestartArgs(Strict):
-    reason: str = Field(default="operator request", min_length=1, max_length=200)
+    def request_restart(self, ctx: Context, reason: str) -> None: ...
 
 
 @dataclass(frozen=True)
 class Command:
     args: type[Strict]
-    run: Callable[[ControlStage, Context, Any], Result]
+    run: Callable[[Controller, Context, Any], Result]
     summary: str
     role: Role = "admin"  # the least role that may run it; undeclared means admin only
 
 
-def ping(stage: ControlStage, ctx: Context, args: NoArgs) -> Result:
+def ping(stage: Controller, ctx: Context, args: NoArgs) -> Result:
     uptime = time.monotonic() - stage.health.collector.started_mono
     return "pong", {
         "agent": agent_pkg.__version__,
@@ -116,20 +75,20 @@ def ping(stage: ControlStage, ctx: Context, args: NoArgs) -> Result:
     }
 
 
-def status(stage: ControlStage, ctx: Context, args: NoArgs) -> Result:
+def status(stage: Controller, ctx: Context, args: NoArgs) -> Result:
     return "status", stage.health.collector.full()
 
 
-def snapshot(stage: ControlStage, ctx: Context, args: SnapshotArgs) -> Result:
+def snapshot(stage: Controller, ctx: Context, args: SnapshotArgs) -> Result:
     data = stage.snapshots.take(actor=ctx.actor, reason=args.reason, request_id=ctx.request_id)
     return "snapshot sent as a `snapshot` event; its image follows on thumbs/{event id}", data
 
 
-def config_get(stage: ControlStage, ctx: Context, args: ConfigGetArgs) -> Result:
+def config_get(stage: Controller, ctx: Context, args: ConfigGetArgs) -> Result:
     return "config", stage.live.get(args.keys)
 
 
-def config_set(stage: ControlStage, ctx: Context, args: ConfigSetArgs) -> Result:
+def config_set(stage: Controller, ctx: Context, args: ConfigSetArgs) -> Result:
     data = stage.live.set(args.values, ctx.actor)
     if not data["changed"]:
         return "no change", data
@@ -137,20 +96,20 @@ def config_set(stage: ControlStage, ctx: Context, args: ConfigSetArgs) -> Result
     return f"applied live and saved to {where}: {', '.join(data['changed'])}", data
 
 
-def model_update(stage: ControlStage, ctx: Context, args: ModelUpdateArgs) -> Result:
+def model_update(stage: Controller, ctx: Context, args: ModelUpdateArgs) -> Result:
     stage.models.start(args, ctx.actor, ctx.reply)
     return None
 
 
-def agent_update(stage: ControlStage, ctx: Context, args: AgentUpdateArgs) -> Result:
+def agent_update(stage: Controller, ctx: Context, args: AgentUpdateArgs) -> Result:
     if not stage.agent.config.update.enabled:
         raise CommandError("agent updates are off on this node (update.enabled = false)")
     stage.releases.start(args, ctx.actor, ctx.reply, ctx.progress)
     return None
 
 
-def modem_reset(stage: ControlStage, ctx: Context, args: NoArgs) -> Result:
-    modem = stage.running.extras.get("modem")
+def modem_reset(stage: Controller, ctx: Context, args: NoArgs) -> Result:
+    modem = stage.running.services.modem
     supervisor = getattr(modem, "supervisor", None)
     if modem is None or supervisor is None:
         raise CommandError("no modem is managed on this node (modem.port is not set); nothing to reset")
@@ -168,7 +127,7 @@ def reset_modem(supervisor: Any) -> str:
     return "reset requested (full modem reboot)"
 
 
-def restart(stage: ControlStage, ctx: Context, args: RestartArgs) -> Result:
+def restart(stage: Controller, ctx: Context, args: RestartArgs) -> Result:
     stage.health.privacy.audit.record("agent.restart", ctx.actor, {"reason": args.reason})
     stage.request_restart(ctx, args.reason)
     return None

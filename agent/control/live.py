@@ -5,11 +5,12 @@ validates the whole resulting configuration with the same pydantic schema as the
 without a restart, persists it (agent.control.persist) and rolls everything back if any step fails,
 so a refused change leaves the node exactly as it was.
 
-Applying means: the config sections are updated in place (the pipeline, motion gate, uplink and
-telemetry hold references to them, so they see the change at their next frame or loop), and the
-stages that keep their own copies are told through their public APIs: the detector's thresholds
-and classes, issue 7's `RuleEngine.update` and `PrivacyStage.set_masks` (both audited there) and
-`TamperStage.update`, the publisher's byte budget, and the pipeline's analysis rate cap.
+Config sections are never edited in place: the validated new `Config` replaces the agent's in one
+assignment, and every object that keeps its own copy of a setting is told through its own
+`reconfigure(section)`. `LiveConfig.owners` is the table from a setting's prefix to that call: the
+rules and privacy stages (audited there), the tamper stage, the detector's thresholds and classes,
+the motion gate, the pipeline's analysis rate cap and event settings, and the publisher's byte
+budget. What is read from the agent's config at each use (telemetry) needs no entry.
 """
 
 from __future__ import annotations
@@ -17,26 +18,31 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
-
-from pydantic import BaseModel
 
 from agent.config.loader import ConfigError, redact_secrets, validate
 from agent.config.schema import Config
 from agent.control.persist import ConfigStore, set_path
 from agent.control.protocol import CommandError
 from agent.control.tunable import NOT_LIVE, TUNABLE, gpio_problems, is_tunable
-from agent.detect.detector import class_problem
+from agent.detect.detector import Detector, class_problem
 
 if TYPE_CHECKING:
-    from agent.app import Agent, Running
+    from agent.pipeline import Pipeline
     from agent.privacy import AuditLog
+    from agent.services import Services
 
 log = logging.getLogger(__name__)
 
 MAX_KEYS = 64
 
 Undo = Callable[[], None]
+
+# Tunable settings nothing copies: their readers look at the agent's config at each use (the health
+# stage's telemetry loop), so swapping the config is all a change needs.
+READ_AT_USE: tuple[str, ...] = ("telemetry",)
 
 
 def get_path(data: Any, dotted: str) -> Any:
@@ -47,40 +53,82 @@ def get_path(data: Any, dotted: str) -> Any:
     return data
 
 
-def _section(config: BaseModel, dotted: str) -> tuple[BaseModel, str]:
-    """The config object that owns `dotted`, and the field name in it."""
-    parts = dotted.split(".")
-    node = config
-    for part in parts[:-1]:
-        node = getattr(node, part)
-    return node, parts[-1]
+def under(key: str, prefix: str) -> bool:
+    return key == prefix or key.startswith(prefix + ".")
 
 
-def _assign(config: Config, dotted: str, source: Config) -> None:
-    """Copy the value at `dotted` from `source` into `config`, in place (field by field for tables,
-    so every holder of the section object sees it)."""
-    owner, name = _section(config, dotted)
-    new_value = getattr(_section(source, dotted)[0], name)
-    old_value = getattr(owner, name)
-    if isinstance(old_value, BaseModel) and isinstance(new_value, BaseModel):
-        for field in type(old_value).model_fields:
-            object.__setattr__(old_value, field, getattr(new_value, field))
-    else:
-        object.__setattr__(owner, name, new_value)
+@dataclass(frozen=True)
+class Owner:
+    """Who keeps its own copy of the settings under `prefix`, and how to hand it a new config.
+
+    `stage` names the optional stage that must be running for the change to be possible (None: the
+    owner is always there). `between_frames` owners are told while the pipeline's lock is held, at
+    the moment the new config replaces the old one.
+    """
+
+    prefix: str
+    reconfigure: Callable[[Config, str], None]  # (the config to take settings from, actor)
+    stage: str | None = None
+    between_frames: bool = False
+
+
+def current_detector(pipeline: Pipeline) -> Detector:
+    """The detector that holds the thresholds (inside a model update's probation wrapper, if any)."""
+    detector = pipeline.detector
+    inner = getattr(detector, "inner", None)
+    return inner if isinstance(inner, Detector) else detector
 
 
 class LiveConfig:
     def __init__(
-        self, agent: Agent, running: Running, store: ConfigStore, audit: Callable[[], AuditLog]
+        self,
+        *,
+        config: Callable[[], Config],
+        swap: Callable[[Config], None],
+        origins: Mapping[tuple[str, ...], str],
+        pipeline: Pipeline,
+        services: Services,
+        store: ConfigStore,
+        audit: Callable[[], AuditLog],
     ) -> None:
-        self.agent = agent
-        self.running = running
+        self._config = config  # the agent's config now
+        self._swap = swap  # replaces the agent's config (one assignment)
+        self.origins = origins
+        self.pipeline = pipeline
+        self.services = services
         self.store = store
         self._audit = audit
+        self.owners: tuple[Owner, ...] = (
+            Owner("rules", self._rules, stage="rules"),
+            Owner("privacy.masks", self._privacy, stage="privacy"),
+            Owner("tamper", self._tamper, stage="tamper"),
+            Owner("detect", lambda c, _: current_detector(pipeline).reconfigure(c.detect), between_frames=True),
+            Owner("motion", lambda c, _: pipeline.gate.reconfigure(c.motion), between_frames=True),
+            Owner("capture.fps", lambda c, _: pipeline.limit_rate(c.capture.fps), between_frames=True),
+            Owner("events", lambda c, _: pipeline.reconfigure(c.events), between_frames=True),
+            Owner("uplink", self._uplink, between_frames=True),
+        )
+
+    def _rules(self, cfg: Config, actor: str) -> None:
+        assert self.services.rules is not None  # _require_stages checked it
+        self.services.rules.reconfigure(cfg.rules, actor=actor)
+
+    def _privacy(self, cfg: Config, actor: str) -> None:
+        assert self.services.privacy is not None
+        self.services.privacy.reconfigure(cfg.privacy, actor=actor)
+
+    def _tamper(self, cfg: Config, actor: str) -> None:
+        assert self.services.tamper is not None
+        self.services.tamper.reconfigure(cfg.tamper)
+
+    def _uplink(self, cfg: Config, actor: str) -> None:
+        publisher = self.services.publisher
+        if publisher is not None:  # without a broker there is no budget to change
+            publisher.reconfigure(cfg.uplink)
 
     # -- config/get ---------------------------------------------------------------------------------
     def get(self, keys: list[str] | None) -> dict[str, Any]:
-        data = redact_secrets(self.agent.config.model_dump(mode="json"))
+        data = redact_secrets(self._config().model_dump(mode="json"))
         if keys:
             try:
                 data = {k: get_path(data, k) for k in keys}
@@ -105,7 +153,7 @@ class LiveConfig:
                 f"not tunable live: {', '.join(refused)} (tunable: {', '.join(TUNABLE)}; "
                 f"not {', '.join(NOT_LIVE)}); change the config file and restart instead"
             )
-        before = self.agent.config
+        before = self._config()
         data = before.model_dump(mode="json")
         for key, value in values.items():
             set_path(data, key, value)
@@ -126,10 +174,9 @@ class LiveConfig:
         self._require_stages(changed)
         self._require_known_classes(changed, after)
         self._require_allowed_gpio(changed, before, after)
-        snapshot = before.model_copy(deep=True)
         undo: list[Undo] = []
         try:
-            self._apply(changed, before, after, snapshot, actor, undo)
+            self._apply(changed, before, after, actor, undo)
             persisted = self.store.save({k: get_path(new_dump, k) for k in changed})
         except Exception as exc:
             for step in reversed(undo):
@@ -143,7 +190,7 @@ class LiveConfig:
             raise CommandError(
                 f"could not apply or persist the change ({reason}); rolled back, nothing changed"
             ) from None
-        details = {"keys": changed, "persisted_to": str(persisted)}
+        details: dict[str, Any] = {"keys": changed, "persisted_to": str(persisted)}
         small = {k: get_path(new_dump, k) for k in changed if len(json.dumps(get_path(new_dump, k))) <= 200}
         if small:
             details["values"] = small
@@ -152,18 +199,20 @@ class LiveConfig:
         return {"changed": changed, "persisted_to": str(persisted), "notes": self._notes(changed)}
 
     def _require_stages(self, keys: list[str]) -> None:
-        extras = self.running.extras
-        for key, stage in (("rules", "rules"), ("privacy.masks", "privacy"), ("tamper", "tamper")):
-            if any(k == key or k.startswith(key + ".") for k in keys) and stage not in extras:
-                raise CommandError(f"{key} cannot change live: the {stage} stage is not running on this node")
+        for owner in self.owners:
+            if owner.stage is None or owner.stage in self.services:
+                continue
+            if any(under(k, owner.prefix) for k in keys):
+                raise CommandError(
+                    f"{owner.prefix} cannot change live: the {owner.stage} stage is not running on this node"
+                )
 
     def _require_known_classes(self, keys: list[str], after: Config) -> None:
         """Classes the running model cannot output are a typo or the wrong model: refuse them rather than
         let the node silently stop reporting what the operator asked for."""
         if "detect.classes" not in keys or not after.detect.classes:
             return
-        detector = self.running.pipeline.detector
-        card = getattr(getattr(detector, "inner", detector), "card", None)
+        card = getattr(current_detector(self.pipeline), "card", None)
         problem = class_problem(after.detect.classes, card) if card is not None else None
         if problem:
             raise CommandError(problem)
@@ -177,7 +226,7 @@ class LiveConfig:
 
     def _notes(self, keys: list[str]) -> list[str]:
         notes = []
-        origins = self.agent.options.config_origins
+        origins = self.origins
         for key in keys:
             path = tuple(key.split("."))
             for origin_key, origin in origins.items():
@@ -192,63 +241,31 @@ class LiveConfig:
         return notes
 
     # -- appliers -----------------------------------------------------------------------------------
-    def _apply(
-        self, keys: list[str], before: Config, after: Config, snapshot: Config, actor: str, undo: list[Undo]
-    ) -> None:
+    def _apply(self, keys: list[str], before: Config, after: Config, actor: str, undo: list[Undo]) -> None:
         """Make the changed keys effective, appending to `undo` how to take each step back."""
-        extras = self.running.extras
-
-        def touches(prefix: str) -> bool:
-            return any(k == prefix or k.startswith(prefix + ".") for k in keys)
-
-        if touches("rules"):
-            rules = extras["rules"]
-            rules.update(after.rules, actor=actor)
-            undo.append(lambda: rules.update(snapshot.rules, actor=f"{actor} (rolled back)"))
-        if touches("privacy.masks"):
-            privacy = extras["privacy"]
-            privacy.set_masks(after.privacy.masks, actor=actor)
-            undo.append(lambda: privacy.set_masks(snapshot.privacy.masks, actor=f"{actor} (rolled back)"))
-        if touches("tamper"):
-            tamper = extras["tamper"]
-            tamper.update(after.tamper)
-            undo.append(lambda: tamper.update(snapshot.tamper))
-        pipeline = self.running.pipeline
-        max_fps = pipeline.max_fps
+        touched = [o for o in self.owners if any(under(k, o.prefix) or under(o.prefix, k) for k in keys)]
+        for owner in (o for o in touched if not o.between_frames):
+            owner.reconfigure(after, actor)  # may refuse (nothing changed then)
+            undo.append(partial(owner.reconfigure, before, f"{actor} (rolled back)"))
+        framed = [o for o in touched if o.between_frames]
+        pipeline = self.pipeline
+        max_fps = pipeline.max_fps  # None: no cap had been set live (a rollback keeps it so)
         with pipeline.lock:  # between two frames
-            undo.append(lambda: self._restore(keys, snapshot, max_fps))
-            for key in keys:
-                _assign(before, key, after)
-                self._effects(key)
+            if self._config() is not before:  # a model update swapped it meanwhile: do not undo that
+                raise CommandError("the configuration changed while this change was applied; nothing changed, retry")
+            undo.append(lambda: self._restore(before, framed, actor, max_fps))
+            self._swap(after)
+            for owner in framed:
+                owner.reconfigure(after, actor)
 
-    def _restore(self, keys: list[str], snapshot: Config, max_fps: float | None) -> None:
-        with self.running.pipeline.lock:
-            for key in keys:
-                _assign(self.agent.config, key, snapshot)
-                self._effects(key)
-            self.running.pipeline.max_fps = max_fps  # None: no cap had been set live
-
-    def _effects(self, key: str) -> None:
-        """Push the (already assigned) config values into the objects that copy them."""
-        cfg = self.agent.config
-        pipeline = self.running.pipeline
-        if key.startswith("detect."):
-            apply_detect(getattr(pipeline.detector, "inner", pipeline.detector), cfg)
-        elif key.startswith("motion"):
-            pipeline.gate.cfg = cfg.motion
-        elif key == "capture.fps":
-            pipeline.max_fps = cfg.capture.fps
-        elif key.startswith("uplink."):
-            publisher = getattr(self.running.extras.get("uplink"), "publisher", None)
-            if publisher is not None:
-                publisher.reconfigure(cfg.uplink)
+    def _restore(self, before: Config, framed: list[Owner], actor: str, max_fps: float | None) -> None:
+        with self.pipeline.lock:
+            self._swap(before)
+            for owner in framed:
+                owner.reconfigure(before, f"{actor} (rolled back)")
+            self.pipeline.limit_rate(max_fps)
 
 
-def apply_detect(detector: Any, cfg: Config) -> None:
+def apply_detect(detector: Detector, cfg: Config) -> None:
     """The live-tunable detector settings onto a detector (also used after a model swap or rollback)."""
-    if hasattr(detector, "score_threshold"):
-        detector.score_threshold = cfg.detect.score_threshold
-        detector.nms_iou = cfg.detect.nms_iou
-        detector.min_box_area = cfg.detect.min_box_area
-    if hasattr(detector, "set_classes"):
-        detector.set_classes(cfg.detect.classes)
+    detector.reconfigure(cfg.detect)

@@ -35,6 +35,7 @@ from agent.control.live import apply_detect
 from agent.control.protocol import CommandError
 from agent.detect import CardError, Detection, Detector
 from agent.detect.card import card_path_for, parse_card
+from agent.detect.detector import detector_from_config
 from agent.fetch import FetchError, FetchPolicy, sha256_file
 from agent.urls import hide_userinfo
 
@@ -231,8 +232,6 @@ class ModelUpdater(BackgroundCommand):
         models.write_card(card_path_for(dest), card)
 
     def _load(self, dest: Path) -> Detector:
-        from agent.app import detector_from_config
-
         try:
             detector = detector_from_config(dest, self.agent.config.detect)
         except (CardError, ValueError) as exc:
@@ -297,7 +296,10 @@ class ModelUpdater(BackgroundCommand):
         apply_detect(new, self.agent.config)  # thresholds changed live during probation
         pipeline.swap_detector(new)
         self.running.detector = new
-        self.agent.config.detect.model = str(dest)
+        with pipeline.lock:  # config/set swaps the config under the same lock
+            config = self.agent.config
+            detect = config.detect.model_copy(update={"model": str(dest)})
+            self.agent.use_config(config.model_copy(update={"detect": detect}))
         current.close()
         details = {
             "from": current.info(),

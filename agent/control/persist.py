@@ -157,7 +157,7 @@ def load_with_overlay(
 ) -> LoadedConfig:
     """`load_config`, plus the live-change overlay of the resulting state directory, with the
     precedence defaults < file < overlay < environment < flags."""
-    from agent.app import state_dir_for
+    from agent.paths import state_dir_for
 
     environ = os.environ if environ is None else environ
     loaded = load_config(path, environ=environ, overrides=overrides, override_origins=override_origins)

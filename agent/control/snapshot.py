@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from agent.capture.base import Frame
@@ -19,17 +20,21 @@ from agent.control.protocol import CommandError
 from agent.events.thumbs import jpeg, scale_to
 
 if TYPE_CHECKING:
-    from agent.app import Agent, Running
+    from agent.config.schema import Config
+    from agent.events import EventEmitter, EventFactory
     from agent.health.stage import HealthStage
 
 log = logging.getLogger(__name__)
 
 
 class Snapshotter:
-    def __init__(self, agent: Agent, running: Running, health: HealthStage) -> None:
-        self.agent = agent
-        self.running = running
+    def __init__(
+        self, config: Callable[[], Config], health: HealthStage, factory: EventFactory, emitter: EventEmitter
+    ) -> None:
+        self._config = config  # the agent's config now
         self.health = health
+        self.factory = factory
+        self.emitter = emitter
         self.sent = 0
         self.refused = 0
 
@@ -52,7 +57,7 @@ class Snapshotter:
             if tapped is None:
                 raise CommandError("no frame has been analysed yet; try again when the camera delivers")
             frame, objects = tapped.frame, tapped.objects()
-        cfg = self.agent.config.control
+        cfg = self._config().control
         redactor = self.health.privacy.redactor
         result = redactor.redact_frame(frame.crop_source, objects or [])
         if result.image is None:
@@ -71,10 +76,10 @@ class Snapshotter:
         if thumb is None:
             raise CommandError("could not encode the snapshot")
         age = round(max(0.0, time.monotonic() - frame.mono), 1)
-        body = self.running.factory.base("snapshot", frame, priority="normal")
+        body = self.factory.base("snapshot", frame, priority="normal")
         body["reason"] = reason
         body["snapshot"] = {"actor": actor, "request": request_id, "frame_age_s": age}
-        if not self.running.pipeline.emitter.emit(body, thumb):
+        if not self.emitter.emit(body, thumb):
             raise CommandError("the spool refused the snapshot (full of higher-priority records)")
         meta = thumb.meta()
         audit.record("snapshot.sent", actor, {"request": request_id, **meta})

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from agent.control.commands import COMMANDS, Context, ProgressFn, ReplyFn
+from agent.control.args import Context, ProgressFn, ReplyFn
+from agent.control.commands import COMMANDS
 from agent.control.gate import CommandGate
 from agent.control.live import LiveConfig
 from agent.control.model_update import ModelUpdater
@@ -33,6 +34,7 @@ from agent.control.protocol import (
     salvage_id,
 )
 from agent.control.snapshot import Snapshotter
+from agent.errors import EXIT_RESTART
 from agent.events.record import normalise
 from agent.events.thumbs import LabelledBox
 from agent.update.updater import AgentUpdater
@@ -74,10 +76,18 @@ class ControlStage:
         cfg = agent.config.control
         self.queue: queue.Queue[Job | RuleSnapshot] = queue.Queue(maxsize=cfg.queue)
         self.store = ConfigStore(agent.options.config_path, running.state_dir)
-        self.live = LiveConfig(agent, running, self.store, lambda: health.privacy.audit)
+        self.live = LiveConfig(
+            config=lambda: agent.config,
+            swap=agent.use_config,
+            origins=agent.options.config_origins,
+            pipeline=running.pipeline,
+            services=running.services,
+            store=self.store,
+            audit=lambda: health.privacy.audit,
+        )
         self.models = ModelUpdater(agent, running, health.tap, self.store, lambda: health.privacy.audit)
         self.releases = AgentUpdater(agent, running, lambda: health.privacy.audit, self.exit_for_restart)
-        self.snapshots = Snapshotter(agent, running, health)
+        self.snapshots = Snapshotter(lambda: agent.config, health, running.factory, running.pipeline.emitter)
         folder = running.state_dir / "control"
         folder.mkdir(parents=True, exist_ok=True)
         self.gate = CommandGate(agent.config, running.clock, running.spool, running.spool.uptime, folder)
@@ -246,16 +256,12 @@ class ControlStage:
 
     # -- restart --------------------------------------------------------------------------------------
     def request_restart(self, ctx: Context, reason: str) -> None:
-        from agent.app import EXIT_RESTART
-
         ctx.reply(True, f"restarting ({reason}): the agent exits with code {EXIT_RESTART}; systemd starts it again",
                   {"exit_code": EXIT_RESTART})
         self.exit_for_restart(ctx.actor, reason)
 
     def exit_for_restart(self, actor: str, reason: str) -> None:
         """Stop cleanly with EXIT_RESTART once queued replies had a chance to leave (restart, agent/update)."""
-        from agent.app import EXIT_RESTART
-
         self.running.spool.flush(RESTART_GRACE_S)
         self.running.spool.wait_drained(RESTART_GRACE_S)  # the reply reaches the broker, unless the link is down
         log.warning("restart requested by %s (%s); exiting with code %d", actor, reason, EXIT_RESTART)
@@ -279,15 +285,13 @@ def build(agent: Agent, running: Running) -> ControlStage | None:
     snapshots rules ask for either way."""
     if not agent.config.control.enabled:
         return None
-    publisher = getattr(running.extras.get("uplink"), "publisher", None)
-    health = running.extras.get("health")
+    health = running.services.health
     if health is None:
         return None
-    stage = ControlStage(agent, running, health, publisher)
-    rules = running.extras.get("rules")
-    engine = getattr(rules, "engine", None)
-    if engine is not None and getattr(engine, "on_snapshot", "absent") is None:
-        engine.on_snapshot = stage.on_rule_snapshot
+    stage = ControlStage(agent, running, health, running.services.publisher)
+    rules = running.services.rules
+    if rules is not None and rules.engine.on_snapshot is None:
+        rules.engine.on_snapshot = stage.on_rule_snapshot
     return stage
 
 

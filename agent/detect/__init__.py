@@ -1,7 +1,8 @@
 """Object detection: model cards, decoders and the onnxruntime backend."""
 
-from agent.detect.card import CardError, ModelCard, find_card, model_sha256
+from agent.detect.card import CardError, ModelCard, model_sha256
 from agent.detect.detector import Detection, Detector, OnnxDetector, load_detector
+from agent.detect.manifest import find_card
 
 __all__ = [
     "CardError",

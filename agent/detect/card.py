@@ -7,7 +7,6 @@ upstream file such as yolox_nano.onnx needs no file written beside it.
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -88,32 +87,3 @@ def _cached_sha(path: str, size: int, mtime_ns: int) -> str:
 def model_sha256(path: Path) -> str:
     st = path.stat()
     return _cached_sha(str(path), st.st_size, st.st_mtime_ns)
-
-
-def find_card(model_path: Path) -> tuple[ModelCard, str]:
-    """The card for a model file and the file's sha256; CardError when there is none."""
-    from agent.models import manifest_card_for_sha
-
-    if not model_path.is_file():
-        raise CardError(f"model file not found: {model_path}")
-    sha = model_sha256(model_path)
-    beside = card_path_for(model_path)
-    if beside.is_file():
-        try:
-            data = json.loads(beside.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CardError(f"cannot read model card {beside}: {exc}") from None
-        card = parse_card(data, str(beside))
-        if card.sha256 and card.sha256 != sha:
-            raise CardError(
-                f"model card {beside} is for sha256 {card.sha256[:12]}…, but {model_path.name} has {sha[:12]}…; "
-                "the model file was replaced or is corrupt"
-            )
-        return card, sha
-    known = manifest_card_for_sha(sha)
-    if known is not None:
-        return known, sha
-    raise CardError(
-        f"no model card for {model_path}: write {beside.name} beside it (see docs/model-card.md) "
-        "or use a model from `agent models list`"
-    )

@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from agent.config.schema import ROAD_USERS
-from agent.detect.card import CardError, ModelCard, find_card
+from agent.config.schema import ROAD_USERS, DetectConfig
+from agent.detect.card import CardError, ModelCard
 from agent.detect.decoders import DECODERS, nms
+from agent.detect.manifest import find_card
 from agent.detect.preprocess import InputWriter, Letterbox
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,9 @@ class Detector(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional for backends without resources
         """Release the runtime session."""
+
+    def reconfigure(self, cfg: DetectConfig) -> None:  # noqa: B027 - backends without thresholds ignore it
+        """Take the live-tunable detection settings (thresholds, classes) from a new config."""
 
     @property
     def name(self) -> str:
@@ -165,6 +169,12 @@ class OnnxDetector(Detector):
         self.inference_ms: deque[float] = deque(maxlen=256)
         self.frames = 0
 
+    def reconfigure(self, cfg: DetectConfig) -> None:
+        self.score_threshold = cfg.score_threshold
+        self.nms_iou = cfg.nms_iou
+        self.min_box_area = cfg.min_box_area
+        self.set_classes(cfg.classes)
+
     def set_classes(self, classes: list[str] | None) -> None:
         """Restrict output to these labels (None or empty: all). Labels the model lacks are kept in
         `unknown_classes`; when they look like a mistake, `classes_problem` says so (status page) and a
@@ -241,4 +251,17 @@ def load_detector(
         min_box_area=min_box_area,
         threads=threads,
         spinning=spinning,
+    )
+
+
+def detector_from_config(path: Path, cfg: DetectConfig) -> OnnxDetector:
+    """Open a model with the detection settings of the config (start-up and model updates alike)."""
+    return load_detector(
+        path,
+        score_threshold=cfg.score_threshold,
+        nms_iou=cfg.nms_iou,
+        classes=cfg.classes,
+        min_box_area=cfg.min_box_area,
+        threads=cfg.threads,
+        spinning=cfg.spin,
     )

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+from agent.clock import Clock
 from agent.privacy import AuditLog, Redactor, open_audit
 
 if TYPE_CHECKING:
-    from agent.app import Agent, Running
+    from agent.config.schema import Config
+    from agent.privacy.stage import PrivacyStage
+    from agent.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -23,15 +28,17 @@ log = logging.getLogger(__name__)
 class PrivacyAccess:
     """Resolves the redactor and the audit log when they are needed (stages may start in any order)."""
 
-    def __init__(self, agent: Agent, running: Running) -> None:
-        self.agent = agent
-        self.running = running
+    def __init__(self, config: Callable[[], Config], services: Services, state_dir: Path, clock: Clock) -> None:
+        self._config = config  # the agent's config now (it is replaced whole by live changes)
+        self.services = services
+        self.state_dir = state_dir
+        self.clock = clock
         self._fallback: Redactor | None = None
         self._lock = threading.Lock()
 
     @property
-    def stage(self) -> Any:
-        return self.running.extras.get("privacy")
+    def stage(self) -> PrivacyStage | None:
+        return self.services.privacy
 
     @property
     def redactor(self) -> Redactor:
@@ -42,12 +49,11 @@ class PrivacyAccess:
             if self._fallback is None:
                 from agent.privacy.stage import build_redactor, load_faces
 
-                config = self.agent.config
-                self._fallback = build_redactor(config, load_faces(config, self.running.state_dir))
+                config = self._config()
+                self._fallback = build_redactor(config, load_faces(config, self.state_dir))
                 log.warning("the privacy stage is not running; snapshots and the preview use a redactor of their own")
             return self._fallback
 
     @property
     def audit(self) -> AuditLog:
-        cfg = self.agent.config.privacy.audit
-        return open_audit(self.running.state_dir, cfg, self.running.clock)
+        return open_audit(self.state_dir, self._config().privacy.audit, self.clock)

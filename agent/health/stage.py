@@ -43,8 +43,8 @@ class HealthStage:
             agent.config.health, running.capture, pipeline.emitter, running.factory, on_change=self._camera_changed
         )
         self.system = SystemProbe(running.state_dir)
-        self.collector = StatusCollector(agent, running, self.system)
-        self.privacy = PrivacyAccess(agent, running)
+        self.collector = StatusCollector(lambda: agent.config, running, self.system)
+        self.privacy = PrivacyAccess(lambda: agent.config, running.services, running.state_dir, running.clock)
         self.telemetry_sent = 0
         self.telemetry_refused = 0
         self._stop = threading.Event()
@@ -98,9 +98,9 @@ class HealthStage:
 
         The camera flag is the debounced one (what the last camera event said), so a stream that
         blinks does not re-publish a retained message each time."""
-        tamper = self.running.extras.get("tamper")
+        tamper = self.running.services.tamper
         stages = {"health": {"camera": {"state": self.camera.reported_state()}}}
-        if tamper is not None and hasattr(tamper, "status"):
+        if tamper is not None:
             stages["tamper"] = tamper.status()
         info = self.running.detector.info()
         return {"camera": camera_flags(stages), "model": info.get("name"), "model_sha256": info.get("sha256")}
@@ -111,11 +111,9 @@ class HealthStage:
 
     def _camera_changed(self) -> None:
         self.agent.notifier.status(self.systemd_status())
-        uplink = self.running.extras.get("uplink")
-        publisher = getattr(uplink, "publisher", None)
-        refresh = getattr(publisher, "refresh_status", None)
-        if refresh is not None:
-            refresh()
+        publisher = self.running.services.publisher
+        if publisher is not None:
+            publisher.refresh_status()
 
     def systemd_status(self) -> str:
         """One line for `systemctl status` (STATUS=): what the node is doing about its camera."""
@@ -152,9 +150,8 @@ def build(agent: Agent, running: Running) -> HealthStage:
 
     running.capture.on_state = on_state
     HeadPublication(stage.privacy.audit).attach(running.spool)  # telemetry carries the audit head
-    uplink = running.extras.get("uplink")
-    publisher = getattr(uplink, "publisher", None)
-    if publisher is not None and hasattr(publisher, "set_status_extra"):
+    publisher = running.services.publisher
+    if publisher is not None:
         publisher.set_status_extra(stage.summary)
     return stage
 

@@ -21,7 +21,8 @@ from agent.privacy import open_audit
 from agent.uplink.meter import percentile
 
 if TYPE_CHECKING:
-    from agent.app import Agent, Running
+    from agent.app import Running
+    from agent.config.schema import Config
     from agent.health.system import SystemProbe
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,8 @@ def _stage_status(stage: Any) -> dict[str, Any] | None:
 class StatusCollector:
     """Builds the full status and the compact telemetry record of a running agent."""
 
-    def __init__(self, agent_: Agent, running: Running, system: SystemProbe) -> None:
-        self.agent = agent_
+    def __init__(self, config: Callable[[], Config], running: Running, system: SystemProbe) -> None:
+        self._config = config  # the agent's config now (replaced whole by live changes)
         self.running = running
         self.system = system
         self.started_mono = time.monotonic()
@@ -155,7 +156,7 @@ class StatusCollector:
         r = self.running
         clock = r.clock.state()
         stages: dict[str, Any] = {}
-        for name, stage in list(r.extras.items()):
+        for name, stage in list(r.services.items()):
             found = _stage_status(stage)
             if found is not None:
                 stages[name] = found
@@ -164,8 +165,8 @@ class StatusCollector:
         except Exception as exc:  # the spool closing during shutdown
             spool = {"error": str(exc)}
         return {
-            "node": self.agent.config.node.id,
-            "site": self.agent.config.node.site,
+            "node": self._config().node.id,
+            "site": self._config().node.site,
             "ts": rfc3339(time.time()),
             "uptime_s": round(time.monotonic() - self.started_mono, 1),
             "clock": {**clock.as_dict(), "boot": r.clock.boot_id},
@@ -211,7 +212,7 @@ class StatusCollector:
         """The audit log's head: the back office keeps it and raises an alarm when a node's log is
         rewound or forked (agent.privacy.audit)."""
         try:
-            cfg = self.agent.config.privacy.audit
+            cfg = self._config().privacy.audit
             return open_audit(self.running.state_dir, cfg, self.running.clock).head()
         except OSError:
             return None

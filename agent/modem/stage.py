@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.errors import AgentError
 from agent.gnss.location import LocationProvider
 from agent.gnss.reader import GnssReader
 from agent.modem.at import open_port
@@ -66,8 +67,6 @@ class SimulatedModem:
 def plug_in_simulated_modem(mcfg: ModemConfig, gcfg: GnssConfig, position: tuple[float, float]) -> SimulatedModem:
     """Describe the emulated modem in a URL and open it once, so it exists (and a route that cannot
     be read fails here, with one clear line) before the supervisor and the reader start."""
-    from agent.app import AgentError
-
     sim = SimulatedModem(f"sim{os.getpid()}-{next(_simulations)}", Path(tempfile.mkdtemp(prefix="vigil-sim-modem-")))
     described = emulator_url(
         sim.name,
@@ -142,8 +141,6 @@ def gnss_source(source: str, *, gnss_port: str, emulated: bool) -> str:
 
 
 def build(agent: Agent, running: Running) -> ModemStage | None:
-    from agent.app import AgentError
-
     cfg = agent.config
     mcfg, gcfg = cfg.modem, cfg.gnss
     static = (cfg.node.location.lat, cfg.node.location.lon) if cfg.node.location is not None else None

@@ -2,7 +2,7 @@
 
 Integration points for other stages (the control plane, the status page):
 - `Redactor.redact_frame(image, objects)`: the one way a full frame may leave the node (snapshot) or
-  be shown (preview); reach it as `running.extras["privacy"].redactor`.
+  be shown (preview); reach it as `running.services.privacy.redactor`.
 - `AuditLog.record(action, actor, details)`: the node's append-only audit log; `open_audit()` gives
   the shared instance for a state directory.
 - `PrivacyStage.set_masks(masks, actor=...)`: live mask changes, validated and audited.

@@ -19,9 +19,10 @@ import cv2
 import numpy as np
 
 from agent import models
-from agent.detect.card import CardError, ModelCard, find_card
+from agent.detect.card import CardError, ModelCard
 from agent.detect.decoders import DECODERS, nms
 from agent.detect.detector import open_session
+from agent.detect.manifest import find_card
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from agent.config.privacy import Mask
+from agent.config.privacy import Mask, PrivacyConfig
 from agent.config.schema import Config
 from agent.fsutil import atomic_write
 from agent.privacy import open_audit
@@ -68,11 +68,11 @@ class PrivacyStage:
 
     def start(self) -> None:
         faces = self.redactor.faces.info() if self.redactor.faces is not None else None
-        current = {"config": config_digests(self.config), "model": self.model, "face_model": faces}
+        new = config_digests(self.config)
+        current = {"config": new, "model": self.model, "face_model": faces}
         previous = self._load_state()
         if previous is not None:
-            old = previous.get("config", {})
-            new = current["config"]
+            old: dict[str, str] = previous.get("config", {})
             changed = sorted(k for k in set(old) & set(new) if old[k] != new[k])
             if changed:
                 details: dict[str, Any] = {"keys": changed}
@@ -110,6 +110,10 @@ class PrivacyStage:
         current = self.redactor.set_masks(validated)
         self.audit.record("masks.update", actor, {"before": before, "after": current.names})
         return current
+
+    def reconfigure(self, cfg: PrivacyConfig, *, actor: str) -> None:
+        """Live change of the privacy section: only the masks change while running (audited)."""
+        self.set_masks(cfg.masks, actor=actor)
 
     def status(self) -> dict[str, Any]:
         return {"privacy": self.redactor.status()}

@@ -7,7 +7,7 @@
 
 Integration points: `RulesStage.update(rules_config, actor=...)` swaps the rule set live (the
 control plane's config/set), and `RulesHandler.on_snapshot` is the hook a snapshot handler installs
-to serve rules that request a snapshot. Reach the handler as `running.extras["rules"].handler`
+to serve rules that request a snapshot. Reach the handler as `running.services.rules.handler`
 (also `.engine`, the name the control plane has used).
 """
 

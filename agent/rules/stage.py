@@ -178,6 +178,10 @@ class RulesStage:
         """Live rule change (validated, atomic, audited); see RulesHandler.update."""
         return self.handler.update(cfg, actor=actor)
 
+    def reconfigure(self, cfg: RulesConfig, *, actor: str) -> None:
+        """The rules section changed live (LiveConfig's table): the same as `update`."""
+        self.handler.update(cfg, actor=actor)
+
     def status(self) -> dict[str, Any]:
         return {"rules": {**self.handler.status(), **self.outputs.status()}}
 
@@ -189,7 +193,7 @@ def build(agent: Agent, running: Running) -> RulesStage:
     outputs = OutputBank(config.rules.outputs)
 
     def thumbnailer() -> Thumbnailer | None:
-        return pipeline.thumbnailer if config.events.thumbnails else None
+        return pipeline.thumbnailer if pipeline.events_cfg.thumbnails else None  # set live too
 
     handler = RulesHandler.create(
         config.rules,

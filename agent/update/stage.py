@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import agent as agent_pkg
+from agent.errors import EXIT_RESTART
 from agent.update import slots
 
 if TYPE_CHECKING:
@@ -156,8 +157,6 @@ class UpdateStage:
         self._event("agent_updated", "normal", {"from_version": previous, "to_version": self.version})
 
     def _fail(self, reason: str) -> None:
-        from agent.app import EXIT_RESTART
-
         with slots.locked_state(self.layout) as state:
             record = state.get("probation")
             if record and record.get("version") == self.version:
@@ -181,8 +180,7 @@ def build(agent: Agent, running: Running) -> UpdateStage | None:
     """Built when updates are on; it does nothing unless a release area exists (a node with slots)."""
     if not agent.config.update.enabled:
         return None
-    health = running.extras.get("health")
+    health = running.services.health
     if health is None:
         return None
-    publisher = getattr(running.extras.get("uplink"), "publisher", None)
-    return UpdateStage(agent, running, health.privacy.audit, publisher)
+    return UpdateStage(agent, running, health.privacy.audit, running.services.publisher)

@@ -43,7 +43,7 @@ from agent.urls import hide_userinfo
 if TYPE_CHECKING:
     from agent.app import Agent, Running
     from agent.config.update import UpdateConfig
-    from agent.control.commands import AgentUpdateArgs, ProgressFn
+    from agent.control.args import AgentUpdateArgs, ProgressFn
     from agent.privacy import AuditLog
 
 log = logging.getLogger(__name__)

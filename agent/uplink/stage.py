@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from agent.errors import AgentError
 from agent.uplink.link import LinkProxy, ProfileError, ProfileRunner, load_profile
 from agent.uplink.mqtt import BrokerUrl, MqttPublisher, UplinkError
 
@@ -51,8 +52,6 @@ class UplinkStage:
 
 
 def build(agent: Agent, running: Running) -> UplinkStage | None:
-    from agent.app import AgentError
-
     cfg = agent.config.uplink
     if not cfg.broker:
         return None

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.config.control import is_loopback, parse_listen
+from agent.errors import AgentError
 from agent.events import EVENTS_STREAM
 from agent.health.status import camera_flags
 from agent.uplink.spool import Record
@@ -22,7 +23,6 @@ from agent.web.server import StatusHTTPServer, WebApp
 if TYPE_CHECKING:
     from agent.app import Agent, Running
     from agent.config.schema import Config
-    from agent.health.stage import HealthStage
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +100,6 @@ class WebStage:
 
 
 def read_token(agent: Agent) -> str | None:
-    from agent.app import AgentError
-
     cfg = agent.config.http
     if cfg.token_file is not None:
         try:
@@ -115,14 +113,12 @@ def read_token(agent: Agent) -> str | None:
 
 
 def build(agent: Agent, running: Running) -> WebStage | None:
-    from agent.app import AgentError
-
     cfg = agent.config.http
     listen = cfg.listen or ("127.0.0.1:0" if agent.options.simulate else "")
     address = parse_listen(listen)
     if address is None:
         return None
-    health: HealthStage | None = running.extras.get("health")
+    health = running.services.health
     if health is None:
         return None
     token = read_token(agent)
@@ -155,7 +151,8 @@ def build(agent: Agent, running: Running) -> WebStage | None:
     except OSError as exc:
         raise AgentError(f"cannot serve the status page on {listen}: {exc.strerror or exc}") from None
     bound_host, bound_port = server.server_address[:2]
-    shown = f"[{bound_host}]" if ":" in str(bound_host) else str(bound_host)
+    host_text = bound_host.decode() if isinstance(bound_host, bytes) else str(bound_host)
+    shown = f"[{host_text}]" if ":" in host_text else host_text
     url = f"http://{shown}:{bound_port}/"
     if token is None:
         log.info("status page: %s", url)
