@@ -20,6 +20,7 @@ from agent.capture import (
 )
 from agent.capture.opencv import LiveCaptureSource
 from agent.capture.picamera import Picamera2Source
+from agent.lifecycle import deadline_in
 from agent.urls import hide_userinfo
 from tests.conftest import CLIP, shared
 
@@ -212,7 +213,7 @@ def test_stop_never_closes_a_source_under_a_read_in_progress():
     source = BlockedLive()
     stage = CaptureStage(source).start()
     assert source.reading.wait(5.0)
-    stage.stop(timeout=0.1)  # gives up waiting for the wedged read
+    stage.stop(deadline_in(0.1))  # gives up waiting for the wedged read
     assert not source.closed.is_set()
     source.release.set()  # the read returns: the capture thread closes the source itself
     assert source.closed.wait(5.0)

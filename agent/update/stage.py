@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import agent as agent_pkg
+from agent.lifecycle import BackgroundLoop, resolve_deadline
 from agent.update import slots
 
 if TYPE_CHECKING:
@@ -44,8 +44,8 @@ class UpdateStage:
         self.version = agent_pkg.__version__
         self.probation: dict[str, Any] | None = None
         self.outcome: str | None = None  # "confirmed" / "failed: …" once the probation is decided
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = BackgroundLoop("update-probation", self._watch)
+        self._stop = self._loop.stopping
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> UpdateStage:
@@ -59,15 +59,11 @@ class UpdateStage:
             return self
         if probation and probation.get("version") == self.version and self._runs_from(probation["version"]):
             self.probation = probation
-            self._thread = threading.Thread(target=self._watch, name="update-probation", daemon=True)
-            self._thread.start()
+            self._loop.start()
         return self
 
-    def stop(self, timeout: float = 2.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+    def stop(self, deadline: float | None = None) -> None:
+        self._loop.stop(resolve_deadline(deadline))
 
     def _runs_from(self, version: str) -> bool:
         """This process runs from that slot's venv (not, say, a developer's checkout of the same version)."""
@@ -99,7 +95,7 @@ class UpdateStage:
         )
 
     # -- probation --------------------------------------------------------------------------------
-    def _watch(self) -> None:
+    def _watch(self, _loop: BackgroundLoop) -> None:
         probation = self.probation
         assert probation is not None
         needed = int(probation.get("frames", 30))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from agent.lifecycle import resolve_deadline
 from agent.uplink.link import LinkProxy, ProfileError, ProfileRunner, load_profile
 from agent.uplink.mqtt import BrokerUrl, MqttPublisher, UplinkError
 
@@ -33,12 +34,13 @@ class UplinkStage:
         self.publisher.start()
         return self
 
-    def stop(self) -> None:
-        self.publisher.stop()
+    def stop(self, deadline: float | None = None) -> None:
+        deadline = resolve_deadline(deadline)
+        self.publisher.stop(deadline)
         if self.runner is not None:
-            self.runner.stop()
+            self.runner.stop(deadline)
         if self.proxy is not None:
-            self.proxy.stop()
+            self.proxy.stop(deadline)
 
     def status(self) -> dict[str, Any]:
         status = self.publisher.status()
