@@ -24,7 +24,7 @@ from agent.clock import Clock
 from agent.config.schema import Config, DetectConfig
 from agent.detect import CardError, Detector, load_detector
 from agent.events import EVENTS_STREAM, EventEmitter, EventFactory, JsonLinesOutput, ThumbnailFiles
-from agent.lifecycle import FINAL_SLICE_S, STOP_BUDGET_S, Stage, stop_stage
+from agent.lifecycle import FINAL_SLICE_S, STOP_BUDGET_S, Stage, stop_all, stop_stage
 from agent.motion import MotionGate
 from agent.paths import default_state_dir
 from agent.pipeline import Pipeline
@@ -380,8 +380,7 @@ class Agent:
                 analysing.release()
             else:
                 log.warning("the analysis loop did not finish its frame by the shutdown deadline")
-        for stage in reversed(stages[split + 1 :]):
-            stop_stage(stage, consumers_by)
+        stop_all(list(reversed(stages[split + 1 :])), consumers_by)
         # never less than one slice: what was accepted is committed even after a late stop request
         final_by = max(deadline, time.monotonic() + FINAL_SLICE_S)
         for stage in reversed(stages[:split]):

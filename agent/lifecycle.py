@@ -36,7 +36,9 @@ DEFAULT_STOP_S = 2.0
 class Stage(Protocol):
     """A lifecycle object: started once, stopped once by a deadline shared with the other stages.
 
-    Stages may also offer `name: str` (their key in `Running.extras`).
+    Stages may also offer `name: str` (their key in `Running.extras`) and `request_stop()`: tell
+    the background work to stop without waiting, so `stop_all` can signal every stage before joining
+    any of them.
     """
 
     def start(self) -> object: ...
@@ -137,7 +139,19 @@ class BackgroundLoop:
 
 
 def stop_all(stages: list[Any], deadline: float) -> None:
-    """Stop `stages` in the given order by one shared deadline; an error in one does not stop the rest."""
+    """Stop `stages` in the given order by one shared deadline; an error in one does not stop the rest.
+
+    Stages that offer `request_stop()` (tell their thread to stop, do not wait) are all told first,
+    so their threads wind down together; a stage stuck past the deadline then costs the others only
+    its own join, not their chance to stop.
+    """
+    for stage in stages:
+        request = getattr(stage, "request_stop", None)
+        if callable(request):
+            try:
+                request()
+            except Exception:
+                log.exception("error asking %s to stop", type(stage).__name__)
     for stage in stages:
         stop_stage(stage, deadline)
 

@@ -364,8 +364,7 @@ def test_the_watchdog_hears_the_loop_while_the_camera_is_away_but_not_when_captu
 
     pings.clear()
     dead = CaptureStage(DyingThread(), first_open_wait_s=1.0).start()
-    assert dead._thread is not None
-    dead._thread.join(5)  # it dies on its first read
+    assert dead._loop.join(deadline_in(5))  # it dies on its first read
     try:
         with pytest.raises(SourceError, match="capture thread stopped unexpectedly"):
             Pipeline.run(pipeline, dead, threading.Event(), heartbeat=heartbeat)

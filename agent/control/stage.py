@@ -97,6 +97,9 @@ class ControlStage:
             self.publisher.subscribe("cmd/#", self.on_message)
         return self
 
+    def request_stop(self) -> None:
+        self._loop.request_stop()
+
     def stop(self, deadline: float | None = None) -> None:
         deadline = resolve_deadline(deadline)
         self._loop.request_stop()

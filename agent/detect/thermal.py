@@ -155,6 +155,9 @@ class ThermalGovernor:
                 log.exception("thermal check failed")
             self._stop.wait(self._cfg().interval_s)
 
+    def request_stop(self) -> None:
+        self._loop.request_stop()
+
     def stop(self, deadline: float | None = None) -> None:
         self._loop.stop(resolve_deadline(deadline))
         self._gate().max_detect_fps = None

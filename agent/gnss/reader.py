@@ -72,6 +72,9 @@ class GnssReader:
         self._loop.start()
         return self
 
+    def request_stop(self) -> None:
+        self._loop.request_stop()
+
     def stop(self, deadline: float | None = None) -> None:
         """Stop reading by `deadline`; a read stuck in a hung port is left to the daemon thread."""
         self._loop.stop(resolve_deadline(deadline))

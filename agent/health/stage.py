@@ -57,6 +57,11 @@ class HealthStage:
         self._loop.start()
         return self
 
+    def request_stop(self) -> None:
+        self._loop.request_stop()
+        self._wake.set()
+        self.tap.wake_all()
+
     def stop(self, deadline: float | None = None) -> None:
         self._loop.request_stop()
         self._wake.set()

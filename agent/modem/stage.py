@@ -113,6 +113,12 @@ class ModemStage:
             self.gnss.start()
         return self
 
+    def request_stop(self) -> None:
+        if self.gnss is not None:
+            self.gnss.request_stop()
+        if self.supervisor is not None:
+            self.supervisor.request_stop()
+
     def stop(self, deadline: float | None = None) -> None:
         """Stop the reader and the supervisor by `deadline` (a `time.monotonic()` instant)."""
         deadline = time.monotonic() + STOP_WITHIN_S if deadline is None else deadline

@@ -102,6 +102,14 @@ class LinkSupervisor:
         self._loop.start()
         return self
 
+    def request_stop(self) -> None:
+        """Tell the thread to stop and fail the AT command in flight, without waiting (see stop())."""
+        self._loop.request_stop()
+        self._wake.set()
+        engine = self.port.engine
+        if engine is not None:
+            engine.abort()
+
     def stop(self, deadline: float | None = None) -> None:
         """Stop the thread and close the port by `deadline` (a `time.monotonic()` instant shared by
         the stages stopping together; default: `STOP_WITHIN_S` from now)."""

@@ -62,6 +62,9 @@ class UpdateStage:
             self._loop.start()
         return self
 
+    def request_stop(self) -> None:
+        self._loop.request_stop()
+
     def stop(self, deadline: float | None = None) -> None:
         self._loop.stop(resolve_deadline(deadline))
 

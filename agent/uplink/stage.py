@@ -34,6 +34,9 @@ class UplinkStage:
         self.publisher.start()
         return self
 
+    def request_stop(self) -> None:
+        self.publisher.request_stop()
+
     def stop(self, deadline: float | None = None) -> None:
         deadline = resolve_deadline(deadline)
         self.publisher.stop(deadline)

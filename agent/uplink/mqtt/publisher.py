@@ -152,6 +152,11 @@ class MqttPublisher:
         self._loop.start()
         return self
 
+    def request_stop(self) -> None:
+        """Tell the thread to say goodbye and stop, without waiting (see stop())."""
+        self._loop.request_stop()
+        self._wake.set()
+
     def stop(self, deadline: float | None = None) -> None:
         """Say goodbye (retained offline status) if connected, then stop by `deadline`; a network call
         stuck on a dead broker is left to the daemon thread."""
