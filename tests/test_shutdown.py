@@ -8,7 +8,8 @@ accepted nor refused: paho's connect() blocks for its 10 s timeout), and the cam
 frozen with SIGSTOP: the connection stays open, no bytes, a read that OpenCV gives up on only after
 its 5 s read timeout). Each alone outlasts the budget. SIGTERM must end the process within
 `STOP_BUDGET_S` with exit code 0, and every event the node had accepted must be either delivered
-(seen by a subscriber while the broker lived) or in the spool afterwards.
+(seen by a subscriber while the broker lived) or in the spool afterwards. On top, an operator's model
+update and agent update are both downloading from a server that stalled (the control plane's jobs).
 
 The spool commits in groups every 5 s here (the longest interval allowed), so an event accepted just
 before SIGTERM is still waiting for its commit: only the final commit, in the slice of the budget
@@ -31,6 +32,8 @@ from typing import Any
 
 import pytest
 import tomli_w
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from agent.events import EVENTS_STREAM
 from agent.lifecycle import STOP_BUDGET_S
@@ -38,9 +41,11 @@ from agent.modem.emulator import ModemEmulator, PtyLink, Scenario
 from agent.uplink.link import LinkProxy
 from agent.uplink.spool import Spool
 from fleet.wire import expand
+from tests.agent_harness import Operator
 from tests.brokers import Collector, Mosquitto, free_port
 from tests.cameras import StreamCamera, transport_stream
-from tests.conftest import CLIP, ROOT, YOLOX, agent_env, shared
+from tests.conftest import CLIP, DEFAULT_MODEL, ROOT, YOLOX, agent_env, shared
+from tests.fileserver import FileServer
 
 NODE = "pole-9"
 PIPELINE_EVENTS = {"object_appeared", "object_left"}
@@ -115,6 +120,15 @@ def test_sigterm_on_a_busy_node_with_dead_broker_hung_modem_and_stalled_camera(t
     broker = Mosquitto(tmp_path / "broker").start()
     proxy = LinkProxy(("127.0.0.1", broker.port)).start()
     delivered = Collector(broker.url, [f"vigil/{NODE}/events"])  # straight to the broker, not via the proxy
+    operator = Operator(broker.url, NODE)
+    models = FileServer()
+    models.files["next.onnx"] = DEFAULT_MODEL.read_bytes()
+    models.files["release.tar"] = b"a release"
+    models.gate.clear()  # the download server accepts downloads and then says nothing
+    release_key = tmp_path / "release-key.pub"
+    release_key.write_bytes(
+        Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
     camera = StreamCamera(clip, tmp_path).start()
     modem = ModemEmulator(Scenario(boot_s=0.0, register_delay_s=0.0), name="shutdown")
     pty = PtyLink(modem, tmp_path / "vigil-at").start()
@@ -134,6 +148,7 @@ def test_sigterm_on_a_busy_node_with_dead_broker_hung_modem_and_stalled_camera(t
                 "events": {"stdout": False},
                 "modem": {"port": str(tmp_path / "vigil-at"), "poll_interval_s": 1.0},
                 "gnss": {"source": "none"},
+                "update": {"releases_dir": str(tmp_path / "releases"), "public_key": str(release_key)},
             }
         )
     )
@@ -160,6 +175,19 @@ def test_sigterm_on_a_busy_node_with_dead_broker_hung_modem_and_stalled_camera(t
             "a busy, connected node",
         )
         assert delivered.wait_for(lambda ms: len(ms) >= 1, 30), log_path.read_text()
+        # An operator starts a model update and an agent update; both downloads hang on the stalled server.
+        card = json.loads(DEFAULT_MODEL.with_suffix(".card.json").read_text())
+        operator.publish("model/update", json.dumps({"id": "next-1", "args": {
+            "url": models.url_for("next.onnx"), "sha256": card.pop("sha256"), "card": card}}).encode())
+        operator.publish("agent/update", json.dumps({"id": "next-2", "args": {
+            "url": models.url_for("release.tar"), "sha256": "0" * 64, "version": "99.0"}}).encode())
+        wait_page(
+            proc,
+            http_port,
+            lambda p: p["stages"]["control"]["model_update"]["busy"] and p["stages"]["control"]["agent_update"]["busy"],
+            30,
+            "a model download and a release download",
+        )
 
         # Then everything goes wrong: the modem stops answering (a 5 s AT command timeout, longer than
         # the budget; we wait until one has expired so the supervisor is known to be stuck on it)…
@@ -209,6 +237,8 @@ def test_sigterm_on_a_busy_node_with_dead_broker_hung_modem_and_stalled_camera(t
         if frozen and camera._proc is not None and camera._proc.poll() is None:
             os.kill(camera._proc.pid, signal.SIGCONT)
         camera.stop()
+        models.close()
+        operator.close()
         pty.stop()
         proxy.stop()
         if hung is not None:
