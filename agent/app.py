@@ -1,8 +1,9 @@
 """The running agent: builds every stage from the config, starts them, stops them together.
 
-Stages are lifecycle objects (start/stop). They are started in dependency order and stopped in
-reverse, so on SIGTERM the capture stops first, the analysis loop finishes its frame, and the
-spool commits what was accepted before the process exits.
+Stages are lifecycle objects (agent.lifecycle.Stage). They are started in dependency order; on
+SIGTERM they stop within one shared deadline (`STOP_BUDGET_S`): the capture first (no new frames),
+then the analysis loop finishes its frame, then the consumers in reverse order of starting, and last
+the spool commits what was accepted and the state-directory lock is released.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from agent import models
 from agent.capture import CaptureStage, FrameSource, SourceError, open_source, webcam_available
@@ -26,6 +26,7 @@ from agent.detect.detector import detector_from_config as detector_from_config  
 from agent.errors import EXIT_RESTART as EXIT_RESTART  # re-exported: older callers import it from here
 from agent.errors import AgentError as AgentError
 from agent.events import EVENTS_STREAM, EventEmitter, EventFactory, JsonLinesOutput, ThumbnailFiles
+from agent.lifecycle import FINAL_SLICE_S, STOP_BUDGET_S, Stage, stop_all, stop_stage
 from agent.motion import MotionGate
 from agent.paths import state_dir_for as state_dir_for  # re-exported for older callers
 from agent.pipeline import Pipeline
@@ -54,18 +55,11 @@ def local_delivery(spool: Spool, output: JsonLinesOutput | None) -> Callable[[li
     return deliver
 
 
-class Stage(Protocol):
-    """A lifecycle object: started once, stopped once, in reverse order of starting.
-
-    Stages may also offer `name: str` (their field in `Running.services`) and `status() -> dict`
-    (merged into status and telemetry reports).
-    """
-
-    def stop(self) -> None: ...
 
 
 # Optional stages. Each module has `build(agent, running) -> stage | None` (None: not configured
-# here); the agent starts them in this order once the core pipeline is built, and stops them first.
+# here); the agent starts them in this order once the core pipeline is built, and stops them right
+# after the capture, in reverse order.
 STAGE_BUILDERS: tuple[str, ...] = (
     "agent.privacy.stage",  # first: masks and redaction must apply before anything else runs
     "agent.rules.stage",
@@ -153,6 +147,8 @@ class Agent:
         self.notifier = Notifier()
         self.exit_code = 0  # EXIT_RESTART when the control plane asked for a restart
         self._on_started: list[Callable[[Running], None]] = []
+        self._stop_requested_at: float | None = None  # monotonic; the shutdown budget counts from here
+        self._analysing = threading.Lock()  # held by the analysis loop; stop() waits for its last frame
 
     def use_config(self, config: Config) -> None:
         """Replace the running configuration (live changes): one assignment, never an edit in place, so
@@ -206,7 +202,7 @@ class Agent:
         try:
             return self._build(state_dir, stages)
         except BaseException:
-            self._stop_stages(stages)
+            self._stop_stages(stages, time.monotonic() + STOP_BUDGET_S)
             raise
 
     def _build(self, state_dir: Path, stages: list[Stage]) -> Running:
@@ -294,12 +290,13 @@ class Agent:
         running = self.start()
         self.notifier.ready(running.capture.status_line())
         try:
-            running.pipeline.run(
-                running.capture,
-                self.stop_event,
-                max_frames=self.options.max_frames,
-                heartbeat=self.notifier.ping,
-            )
+            with self._analysing:
+                running.pipeline.run(
+                    running.capture,
+                    self.stop_event,
+                    max_frames=self.options.max_frames,
+                    heartbeat=self.notifier.ping,
+                )
             self._drain_at_end(running)
         except SourceError as exc:
             raise AgentError(str(exc)) from None
@@ -324,20 +321,56 @@ class Agent:
         if left:
             log.warning("exiting with %d record(s) still spooled; they are sent on the next start", left)
 
-    def stop(self) -> None:
+    def request_stop(self) -> None:
+        """Ask the running agent to stop; the shutdown budget counts from the first request."""
+        if self._stop_requested_at is None:
+            self._stop_requested_at = time.monotonic()
         self.stop_event.set()
+
+    def stop(self) -> None:
+        """Stop every stage within `STOP_BUDGET_S` of the stop request (see the module docstring)."""
+        self.request_stop()
+        assert self._stop_requested_at is not None
         if self.running is not None:
             started = time.monotonic()
-            self._stop_stages(self.running.stages)
+            self._stop_stages(
+                self.running.stages,
+                self._stop_requested_at + STOP_BUDGET_S,
+                producer=self.running.capture,
+                analysing=self._analysing,
+            )
             log.info("stopped in %.2fs", time.monotonic() - started)
 
     @staticmethod
-    def _stop_stages(stages: list[Stage]) -> None:
-        for stage in reversed(stages):
-            try:
-                stage.stop()
-            except Exception:
-                log.exception("error stopping %s", type(stage).__name__)
+    def _stop_stages(
+        stages: list[Stage],
+        deadline: float,
+        *,
+        producer: Stage | None = None,
+        analysing: threading.Lock | None = None,
+    ) -> None:
+        """Stop `stages` (in start order) by one shared `deadline`.
+
+        The producer (capture) goes first and the analysis loop is given until the others' deadline to
+        finish its frame; then the stages started after the producer (consumers) in reverse order, by
+        `deadline - FINAL_SLICE_S`; then those started before it (the local outputs, the spool, the
+        state-directory lock), which keep the final slice so the spool's last commit always has time.
+        """
+        consumers_by = deadline - FINAL_SLICE_S
+        split = stages.index(producer) if producer in stages else len(stages)
+        if producer is not None and split < len(stages):
+            # a blocked camera read cannot be interrupted: it gets one slice, not the consumers' time
+            stop_stage(producer, min(consumers_by, time.monotonic() + FINAL_SLICE_S))
+        if analysing is not None:
+            if analysing.acquire(timeout=max(0.0, consumers_by - time.monotonic())):
+                analysing.release()
+            else:
+                log.warning("the analysis loop did not finish its frame by the shutdown deadline")
+        stop_all(list(reversed(stages[split + 1 :])), consumers_by)
+        # never less than one slice: what was accepted is committed even after a late stop request
+        final_by = max(deadline, time.monotonic() + FINAL_SLICE_S)
+        for stage in reversed(stages[:split]):
+            stop_stage(stage, final_by)
         stages.clear()
 
     def _install_signals(self) -> None:
@@ -345,7 +378,7 @@ class Agent:
             if self.stop_event.is_set():
                 raise KeyboardInterrupt  # second Ctrl-C: give up waiting
             log.info("received %s, stopping", signal.Signals(signum).name)
-            self.stop_event.set()
+            self.request_stop()
 
         signal.signal(signal.SIGINT, handle)
         signal.signal(signal.SIGTERM, handle)

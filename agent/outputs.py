@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from agent.config.rules import OutputConfig
+from agent.lifecycle import remaining, resolve_deadline
 
 log = logging.getLogger(__name__)
 
@@ -185,13 +186,14 @@ class OutputBank:
         with self._cond:
             return {"outputs": sorted(self._outputs), "active": sorted(self._deadlines), "pulses": self.pulses}
 
-    def stop(self) -> None:
+    def stop(self, deadline: float | None = None) -> None:
+        """Switch every output off and stop the pulse thread by `deadline`."""
         with self._cond:
             self._stop = True
             self._deadlines.clear()
             self._cond.notify_all()
         if self._thread is not None:
-            self._thread.join(2.0)
+            self._thread.join(remaining(resolve_deadline(deadline)))
             self._thread = None
         for output in self._outputs.values():
             try:

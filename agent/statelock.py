@@ -14,6 +14,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 LOCK_NAME = "agent.lock"
 
@@ -51,6 +52,12 @@ class StateDirLock:
         self._fd = fd
         return self
 
+    def start(self) -> StateDirLock:
+        return self.acquire()
+
+    def status(self) -> dict[str, Any]:
+        return {"path": str(self.path), "held": self._fd is not None}
+
     def release(self) -> None:
         if self._fd is not None:
             with contextlib.suppress(OSError):
@@ -58,7 +65,9 @@ class StateDirLock:
             os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = None
 
-    stop = release  # a stage of the agent: stopped last, after the spool has committed
+    def stop(self, deadline: float | None = None) -> None:
+        """A stage of the agent: stopped last, after the spool has committed (never blocks)."""
+        self.release()
 
     def __enter__(self) -> StateDirLock:
         return self.acquire()

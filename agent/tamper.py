@@ -260,8 +260,8 @@ class TamperStage:
     def start(self) -> None:
         pass
 
-    def stop(self) -> None:
-        pass
+    def stop(self, deadline: float | None = None) -> None:
+        pass  # no thread: it works on the analysis thread
 
     def status(self) -> dict[str, Any]:
         return {"tamper": {**self.detector.status(), "events": self.events, "errors": self.errors}}

@@ -46,9 +46,11 @@ Group={USER}
 Restart=always
 RestartSec=5
 WatchdogSec={WATCHDOG_SEC}
-# Loading a model on a Pi takes a while; stopping flushes the spool within seconds.
+# Loading a model on a Pi takes a while. Stopping: every stage stops within one 5 s budget
+# (agent.lifecycle.STOP_BUDGET_S, the spool's last commit included); the rest is room for a slow,
+# throttled Pi to exit before systemd's SIGKILL, which would lose nothing committed but skip the goodbye.
 TimeoutStartSec=300
-TimeoutStopSec=30
+TimeoutStopSec=15
 StateDirectory=vigil
 StateDirectoryMode=0750
 Environment=PYTHONUNBUFFERED=1

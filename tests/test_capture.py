@@ -20,6 +20,7 @@ from agent.capture import (
 )
 from agent.capture.opencv import LiveCaptureSource
 from agent.capture.picamera import Picamera2Source
+from agent.lifecycle import deadline_in
 from agent.urls import hide_userinfo
 from tests.conftest import CLIP, shared
 
@@ -212,7 +213,7 @@ def test_stop_never_closes_a_source_under_a_read_in_progress():
     source = BlockedLive()
     stage = CaptureStage(source).start()
     assert source.reading.wait(5.0)
-    stage.stop(timeout=0.1)  # gives up waiting for the wedged read
+    stage.stop(deadline_in(0.1))  # gives up waiting for the wedged read
     assert not source.closed.is_set()
     source.release.set()  # the read returns: the capture thread closes the source itself
     assert source.closed.wait(5.0)
@@ -363,8 +364,7 @@ def test_the_watchdog_hears_the_loop_while_the_camera_is_away_but_not_when_captu
 
     pings.clear()
     dead = CaptureStage(DyingThread(), first_open_wait_s=1.0).start()
-    assert dead._thread is not None
-    dead._thread.join(5)  # it dies on its first read
+    assert dead._loop.join(deadline_in(5))  # it dies on its first read
     try:
         with pytest.raises(SourceError, match="capture thread stopped unexpectedly"):
             Pipeline.run(pipeline, dead, threading.Event(), heartbeat=heartbeat)

@@ -56,7 +56,7 @@ def test_a_replayed_route_gives_fixes_and_trusted_time(receiver):
         assert reader.wait_for(lambda f: f.mode == 1, 10) is not None
         st = reader.status()
         assert st["counters"]["good"] > 20 and st["counters"]["bad_checksum"] == 0
-        assert st["clock"]["fed"] >= 1 and reader._thread is not None and reader._thread.name == "gnss-reader"
+        assert st["clock"]["fed"] >= 1 and reader._loop.alive() and reader._loop.name == "gnss-reader"
     finally:
         t0 = time.monotonic()
         reader.stop()

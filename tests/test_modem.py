@@ -181,7 +181,7 @@ def test_normal_boot_identifies_configures_and_goes_online(pty_modem, supervisor
         "operator": "Vigil Test Network",
         "signal": {"rssi_dbm": -65.0, "rsrp_dbm": -95.0, "rsrq_db": -10.0, "sinr_db": 12.0},
     }
-    assert sup._thread is not None and sup._thread.name == "modem-supervisor"
+    assert sup._loop.alive() and sup._loop.name == "modem-supervisor"
 
 
 def test_slow_replies_within_their_timeouts(pty_modem, supervisors):

@@ -121,7 +121,7 @@ def test_stop_meets_its_deadline_with_a_command_in_flight(emulated):
         began = time.monotonic()
         sup.stop(deadline=began + 1.0)
         stopped_in = time.monotonic() - began
-    assert stopped_in < 1.5 and sup._thread is not None and not sup._thread.is_alive()
+    assert stopped_in < 1.5 and not sup._loop.alive()
     assert sup.status()["state"] == "stopped"
 
 

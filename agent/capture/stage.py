@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.capture.base import Frame, FrameSource, SourceError, SourceLost, SourceUnavailable
+from agent.lifecycle import BackgroundLoop, deadline_in, resolve_deadline
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +135,8 @@ class CaptureStage:
         self.on_state = on_state or (lambda state, reason: None)
         paced_or_live = source.live or realtime
         self.slot = FrameSlot(block_when_full=not paced_or_live)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = BackgroundLoop("capture", self._run)
+        self._stop = self._loop.stopping
         # Who closes the source: stop(), or the capture thread when stop() gave up waiting for it
         # (closing a VideoCapture under a read in progress can crash the process).
         self._close_lock = threading.Lock()
@@ -175,38 +176,38 @@ class CaptureStage:
             self._set_state(STREAMING, None)
             self._first_open.set()
         self._started = True
-        self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
-        self._thread.start()
+        self._loop.start()
         self._first_open.wait(self.first_open_wait_s)
         if self._fatal is not None:
-            self._thread.join(self.first_open_wait_s)
+            self._loop.join(deadline_in(self.first_open_wait_s))
             raise self._fatal
         return self
 
-    def stop(self, timeout: float = 2.0) -> None:
-        self._stop.set()
+    def stop(self, deadline: float | None = None) -> None:
+        """Stop reading by `deadline`; a read blocked in the camera is left to its daemon thread."""
+        deadline = resolve_deadline(deadline)
+        self._loop.request_stop()
         self.slot.close()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._loop.join(deadline)
         with self._close_lock:
             if self._started and not self._thread_done:
                 log.warning(
-                    "capture thread did not stop within %.1fs (a blocked camera call); "
-                    "the source is closed when that call returns",
-                    timeout,
+                    "capture thread did not stop by its deadline (a blocked camera call); "
+                    "the source is closed when that call returns"
                 )
                 self._close_when_done = True
                 return
         self._close_source()
+
+    def status(self) -> dict[str, object]:
+        return self.snapshot().as_dict(time.monotonic())
 
     def alive(self) -> bool:
         """The capture thread is doing its job: reading, or waiting for a source that is away.
 
         False only when it died without ending the stream (a bug): what the watchdog must hear about.
         """
-        thread = self._thread
-        return (thread is not None and thread.is_alive()) or self.slot.ended or self._stop.is_set()
+        return self._loop.alive() or self.slot.ended or self._stop.is_set()
 
     # -- state ------------------------------------------------------------------------------------
     def status_line(self) -> str:
@@ -253,7 +254,7 @@ class CaptureStage:
         except Exception:
             log.debug("error closing source", exc_info=True)
 
-    def _run(self) -> None:
+    def _run(self, _loop: BackgroundLoop) -> None:
         started_mono: float | None = None
         first_t = 0.0
         backoff = self.reconnect_initial_s

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.control.protocol import CommandError
+from agent.lifecycle import BackgroundLoop, resolve_deadline
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +34,14 @@ class BackgroundCommand:
     thread_name = "job"
 
     def __init__(self) -> None:
-        self._thread: threading.Thread | None = None
+        self._job: BackgroundLoop | None = None  # one per job: a job is a thread of its own
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self.last: dict[str, Any] | None = None
 
     @property
     def busy(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._job is not None and self._job.alive()
 
     @property
     def cancelled(self) -> bool:
@@ -52,17 +53,16 @@ class BackgroundCommand:
             if self.busy:
                 raise CommandError(f"another {self.what} is already in progress; wait for its reply")
             self._cancel.clear()
-            self._thread = threading.Thread(
-                target=self._run, args=(args, actor, reply), name=self.thread_name, daemon=True
-            )
-            self._thread.start()
+            self._job = BackgroundLoop(self.thread_name, lambda _loop: self._run(args, actor, reply)).start()
 
-    def stop(self, timeout: float = 2.0) -> None:
+    def stop(self, deadline: float | None = None) -> None:
+        """Cancel the job in progress and wait for it until `deadline`."""
         self._cancel.set()
-        thread = self._thread
-        if thread is not None:
+        job = self._job
+        if job is not None:
+            job.request_stop()
             self.wake()
-            thread.join(timeout)
+            job.join(resolve_deadline(deadline))
 
     def wake(self) -> None:
         """Interrupt whatever the job waits on (subclasses with their own conditions override this)."""

@@ -37,6 +37,7 @@ from agent.control.snapshot import Snapshotter
 from agent.errors import EXIT_RESTART
 from agent.events.record import normalise
 from agent.events.thumbs import LabelledBox
+from agent.lifecycle import BackgroundLoop, resolve_deadline
 from agent.update.updater import AgentUpdater
 from agent.uplink.spool import Outgoing, Priority
 
@@ -93,13 +94,12 @@ class ControlStage:
         self.gate = CommandGate(agent.config, running.clock, running.spool, running.spool.uptime, folder)
         self.counts = {"received": 0, "ok": 0, "error": 0, "busy": 0, "oversized": 0, "rule_snapshots": 0}
         self._counts_lock = threading.Lock()  # bumped from the uplink, control and analysis threads
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = BackgroundLoop("control", self._run)
+        self._stop = self._loop.stopping
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> ControlStage:
-        self._thread = threading.Thread(target=self._run, name="control", daemon=True)
-        self._thread.start()
+        self._loop.start()
         live = sorted(".".join(k) for k, o in self.agent.options.config_origins.items() if o.startswith("overlay "))
         if live:
             log.info("live changes kept in %s are in effect: %s", self.store.overlay, ", ".join(live))
@@ -107,13 +107,15 @@ class ControlStage:
             self.publisher.subscribe("cmd/#", self.on_message)
         return self
 
-    def stop(self, timeout: float = 2.0) -> None:
-        self._stop.set()
-        self.models.stop(timeout)
-        self.releases.stop(timeout)
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+    def request_stop(self) -> None:
+        self._loop.request_stop()
+
+    def stop(self, deadline: float | None = None) -> None:
+        deadline = resolve_deadline(deadline)
+        self._loop.request_stop()
+        self.models.stop(deadline)
+        self.releases.stop(deadline)
+        self._loop.join(deadline)
 
     def _count(self, key: str) -> None:
         with self._counts_lock:
@@ -149,7 +151,7 @@ class ControlStage:
             log.warning("rule %s asked for a snapshot while the control queue is full; skipped", request.rule)
 
     # -- the control thread -----------------------------------------------------------------------------
-    def _run(self) -> None:
+    def _run(self, _loop: BackgroundLoop) -> None:
         while not self._stop.is_set():
             try:
                 job = self.queue.get(timeout=0.5)

@@ -20,13 +20,13 @@ change is logged, and `status()` (the status page, the `status` command) says wh
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from agent.config.schema import ThermalConfig
 from agent.health.system import cpu_temperature_c, decode_throttled, read_throttled
+from agent.lifecycle import BackgroundLoop, resolve_deadline
 from agent.motion import MotionGate
 
 if TYPE_CHECKING:
@@ -69,8 +69,8 @@ class ThermalGovernor:
         self.temp_c: float | None = None
         self.flags: list[str] = []
         self._flags_at: float | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = BackgroundLoop("thermal", self._run)
+        self._stop = self._loop.stopping
 
     @property
     def state(self) -> str:
@@ -144,11 +144,10 @@ class ThermalGovernor:
 
     # -- stage ----------------------------------------------------------------------------------------
     def start(self) -> ThermalGovernor:
-        self._thread = threading.Thread(target=self._run, name="thermal", daemon=True)
-        self._thread.start()
+        self._loop.start()
         return self
 
-    def _run(self) -> None:
+    def _run(self, _loop: BackgroundLoop) -> None:
         while not self._stop.is_set():
             try:
                 self.poll()
@@ -156,11 +155,11 @@ class ThermalGovernor:
                 log.exception("thermal check failed")
             self._stop.wait(self._cfg().interval_s)
 
-    def stop(self, timeout: float = 2.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+    def request_stop(self) -> None:
+        self._loop.request_stop()
+
+    def stop(self, deadline: float | None = None) -> None:
+        self._loop.stop(resolve_deadline(deadline))
         self._gate().max_detect_fps = None
 
     def status(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import IO, Any
 from agent.clock import PLAUSIBLE_AFTER
 from agent.events.thumbs import Thumbnail
 from agent.events.wire import Revision, for_wire
+from agent.lifecycle import BackgroundLoop, resolve_deadline
 from agent.uplink.spool import Outgoing, Priority, Record, Spool
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,15 @@ class JsonLinesOutput:
                 self._fh.close()
                 self._fh = None
 
-    stop = close  # a stage of the agent: closed with the others
+    def start(self) -> JsonLinesOutput:
+        return self  # the file is opened with the first line
+
+    def stop(self, deadline: float | None = None) -> None:
+        """A stage of the agent: closed with the others (never blocks)."""
+        self.close()
+
+    def status(self) -> dict[str, Any]:
+        return {"path": str(self._path) if self._path else None, "lines": self.lines}
 
 
 class ThumbnailFiles:
@@ -117,8 +126,8 @@ class ThumbnailFiles:
         self.sweep_interval_s = sweep_interval_s
         self.expired = 0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = BackgroundLoop("thumbs-expiry", self._run)
+        self._stop = self._loop.stopping
         self.folder.mkdir(parents=True, exist_ok=True)
         self._ages: dict[str, float] = self._load()  # id -> spool uptime when written, oldest first
         self._index_lines = len(self._ages)
@@ -209,12 +218,11 @@ class ThumbnailFiles:
 
     def start(self) -> ThumbnailFiles:
         """Sweep for expired thumbnails in the `thumbs-expiry` thread (only when a TTL is set)."""
-        if self.ttl_s is not None and self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="thumbs-expiry", daemon=True)
-            self._thread.start()
+        if self.ttl_s is not None and not self._loop.started:
+            self._loop.start()
         return self
 
-    def _run(self) -> None:
+    def _run(self, _loop: BackgroundLoop) -> None:
         while True:
             try:
                 self.expire()
@@ -223,11 +231,11 @@ class ThumbnailFiles:
             if self._stop.wait(self.sweep_interval_s):
                 return
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(2.0)
-            self._thread = None
+    def stop(self, deadline: float | None = None) -> None:
+        self._loop.stop(resolve_deadline(deadline))
+
+    def status(self) -> dict[str, Any]:
+        return {"files": len(self._ages), "expired": self.expired}
 
     def __len__(self) -> int:
         return len(self._ages)

@@ -23,6 +23,7 @@ from typing import Any
 from agent.clock import PLAUSIBLE_AFTER, Clock
 from agent.gnss.fix import MODE_2D, Fix, FixTracker, correct_rollover
 from agent.gnss.nmea import NmeaFramer
+from agent.lifecycle import BackgroundLoop, resolve_deadline
 from agent.urls import scrub_userinfo
 
 log = logging.getLogger(__name__)
@@ -61,23 +62,22 @@ class GnssReader:
         self._clock_rejected = 0
         self._decode_errors = 0
         self._last_rx: float | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = BackgroundLoop(f"{name}-reader", self._run)
+        self._stop = self._loop.stopping
         self._port: Any = None
         self._fix_event = threading.Condition(self._lock)
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> GnssReader:
-        self._thread = threading.Thread(target=self._run, name=f"{self.name}-reader", daemon=True)
-        self._thread.start()
+        self._loop.start()
         return self
 
-    def stop(self, timeout: float = 2.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                log.warning("GNSS reader did not stop within %.1fs", timeout)
+    def request_stop(self) -> None:
+        self._loop.request_stop()
+
+    def stop(self, deadline: float | None = None) -> None:
+        """Stop reading by `deadline`; a read stuck in a hung port is left to the daemon thread."""
+        self._loop.stop(resolve_deadline(deadline))
         self._close()
 
     # -- what it knows ----------------------------------------------------------------------------
@@ -137,7 +137,7 @@ class GnssReader:
             }
 
     # -- the thread -------------------------------------------------------------------------------
-    def _run(self) -> None:
+    def _run(self, _loop: BackgroundLoop) -> None:
         backoff = 1.0
         while not self._stop.is_set():
             try:

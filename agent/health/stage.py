@@ -19,6 +19,7 @@ from agent.health.frames import FrameTap
 from agent.health.privacy import PrivacyAccess
 from agent.health.status import TELEMETRY_FIELDS, StatusCollector, camera_flags
 from agent.health.system import SystemProbe
+from agent.lifecycle import BackgroundLoop, resolve_deadline
 from agent.privacy.publication import HeadPublication
 from agent.uplink.spool import Outgoing, Priority
 
@@ -47,25 +48,27 @@ class HealthStage:
         self.privacy = PrivacyAccess(lambda: agent.config, running.services, running.state_dir, running.clock)
         self.telemetry_sent = 0
         self.telemetry_refused = 0
-        self._stop = threading.Event()
+        self._loop = BackgroundLoop("health", self._run)
+        self._stop = self._loop.stopping
         self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> HealthStage:
-        self._thread = threading.Thread(target=self._run, name="health", daemon=True)
-        self._thread.start()
+        self._loop.start()
         return self
 
-    def stop(self, timeout: float = 2.0) -> None:
-        self._stop.set()
+    def request_stop(self) -> None:
+        self._loop.request_stop()
         self._wake.set()
         self.tap.wake_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
 
-    def _run(self) -> None:
+    def stop(self, deadline: float | None = None) -> None:
+        self._loop.request_stop()
+        self._wake.set()
+        self.tap.wake_all()
+        self._loop.join(resolve_deadline(deadline))
+
+    def _run(self, _loop: BackgroundLoop) -> None:
         next_telemetry = time.monotonic() + min(10.0, self.agent.config.telemetry.interval_s)
         while not self._stop.is_set():
             try:

@@ -104,6 +104,11 @@ class AtEngine:
         self._thread.start()
         return self
 
+    def abort(self) -> None:
+        """Fail the command in flight now and accept no more (the port stays open until stop())."""
+        self._stop.set()
+        self._mark_closed("stopped", notify=False)
+
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
         self._mark_closed("stopped", notify=False)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from agent.errors import AgentError
 from agent.gnss.location import LocationProvider
 from agent.gnss.reader import GnssReader
+from agent.lifecycle import deadline_in
 from agent.modem.at import open_port
 from agent.modem.supervisor import LinkSupervisor
 from agent.modem.urlhandlers import emulator_url, release
@@ -111,11 +112,17 @@ class ModemStage:
             self.gnss.start()
         return self
 
+    def request_stop(self) -> None:
+        if self.gnss is not None:
+            self.gnss.request_stop()
+        if self.supervisor is not None:
+            self.supervisor.request_stop()
+
     def stop(self, deadline: float | None = None) -> None:
         """Stop the reader and the supervisor by `deadline` (a `time.monotonic()` instant)."""
         deadline = time.monotonic() + STOP_WITHIN_S if deadline is None else deadline
         if self.gnss is not None:
-            self.gnss.stop(max(0.0, min(2.0, deadline - time.monotonic())))
+            self.gnss.stop(min(deadline, deadline_in(2.0)))
         if self.supervisor is not None:
             self.supervisor.stop(deadline)
         if self.simulated is not None:

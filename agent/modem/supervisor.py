@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from agent.config.modem import ModemConfig
+from agent.lifecycle import BackgroundLoop, remaining
 from agent.modem.at import AtError, AtTimeout, PortClosed, SerialLike
 from agent.modem.ladder import LadderPolicy, RecoveryLadder, RecoveryStep, StepOutcome
 from agent.modem.mm import PortUsers, mmcli_status, port_users
@@ -72,7 +73,8 @@ class LinkSupervisor:
         self.config = config
         self.name = name
         self._clock = monotonic
-        self._stop = threading.Event()
+        self._loop = BackgroundLoop(f"{name}-supervisor", self._run)
+        self._stop = self._loop.stopping
         self._wake = threading.Event()
         self._sleep = sleep or self._stop.wait  # pauses inside a step (radio off, then on)
         if power_cycle is None and config.power_cycle_command:
@@ -86,7 +88,6 @@ class LinkSupervisor:
         self.poller = Poller(monotonic)
         self.ladder = RecoveryLadder(LadderPolicy.from_config(config, power_cycle=power_cycle is not None))
         self.link = PublishedLink(config, setup=self.setup, ladder=self.ladder, port=self.port, clock=monotonic)
-        self._thread: threading.Thread | None = None
         self._reset_requested = False
         self._needs_setup = True
         self._poll_soon = False
@@ -96,25 +97,29 @@ class LinkSupervisor:
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> LinkSupervisor:
-        if self._thread is not None:
+        if self._loop.started:
             raise RuntimeError("the modem supervisor is already started")
-        self._thread = threading.Thread(target=self._run, name=f"{self.name}-supervisor", daemon=True)
-        self._thread.start()
+        self._loop.start()
         return self
+
+    def request_stop(self) -> None:
+        """Tell the thread to stop and fail the AT command in flight, without waiting (see stop())."""
+        self._loop.request_stop()
+        self._wake.set()
+        engine = self.port.engine
+        if engine is not None:
+            engine.abort()
 
     def stop(self, deadline: float | None = None) -> None:
         """Stop the thread and close the port by `deadline` (a `time.monotonic()` instant shared by
         the stages stopping together; default: `STOP_WITHIN_S` from now)."""
         deadline = time.monotonic() + STOP_WITHIN_S if deadline is None else deadline
-        self._stop.set()
+        self._loop.request_stop()
         self._wake.set()
         engine = self.port.engine
         if engine is not None:  # fails a command in flight at once, so the thread is not stuck in a timeout
-            engine.stop(timeout=max(0.0, min(2.0, deadline - time.monotonic())))
-        if self._thread is not None:
-            self._thread.join(max(0.0, deadline - time.monotonic()))
-            if self._thread.is_alive():
-                log.warning("modem supervisor did not stop by its deadline")
+            engine.stop(timeout=min(2.0, remaining(deadline)))
+        self._loop.join(deadline)
         self.link.override("stopped")
 
     def wake(self) -> None:
@@ -138,7 +143,7 @@ class LinkSupervisor:
         return self.link.wait_for(predicate, timeout)
 
     # -- the loop ---------------------------------------------------------------------------------
-    def _run(self) -> None:
+    def _run(self, _loop: BackgroundLoop) -> None:
         """The thread: passes and rests until stopped; a bug that escapes a pass restarts the loop."""
         try:
             while not self._stop.is_set():

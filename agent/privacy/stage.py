@@ -95,8 +95,8 @@ class PrivacyStage:
         self.audit.record("agent.start", "startup", details)
         self._save_state(current)
 
-    def stop(self) -> None:
-        pass
+    def stop(self, deadline: float | None = None) -> None:
+        pass  # no thread: masks apply on the analysis thread
 
     def set_masks(self, masks: Sequence[Mask] | Sequence[Mapping[str, Any]], *, actor: str) -> MaskSet:
         """Validate and swap the privacy masks live (the control plane's config/set); audited.

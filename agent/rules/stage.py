@@ -171,8 +171,8 @@ class RulesStage:
     def start(self) -> None:
         self.outputs.start()
 
-    def stop(self) -> None:
-        self.outputs.stop()
+    def stop(self, deadline: float | None = None) -> None:
+        self.outputs.stop(deadline)
 
     def update(self, cfg: RulesConfig | Mapping[str, Any], *, actor: str) -> RulesConfig:
         """Live rule change (validated, atomic, audited); see RulesHandler.update."""

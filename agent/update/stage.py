@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import agent as agent_pkg
 from agent.errors import EXIT_RESTART
+from agent.lifecycle import BackgroundLoop, resolve_deadline
 from agent.update import slots
 
 if TYPE_CHECKING:
@@ -45,8 +45,8 @@ class UpdateStage:
         self.version = agent_pkg.__version__
         self.probation: dict[str, Any] | None = None
         self.outcome: str | None = None  # "confirmed" / "failed: …" once the probation is decided
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = BackgroundLoop("update-probation", self._watch)
+        self._stop = self._loop.stopping
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> UpdateStage:
@@ -60,15 +60,14 @@ class UpdateStage:
             return self
         if probation and probation.get("version") == self.version and self._runs_from(probation["version"]):
             self.probation = probation
-            self._thread = threading.Thread(target=self._watch, name="update-probation", daemon=True)
-            self._thread.start()
+            self._loop.start()
         return self
 
-    def stop(self, timeout: float = 2.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+    def request_stop(self) -> None:
+        self._loop.request_stop()
+
+    def stop(self, deadline: float | None = None) -> None:
+        self._loop.stop(resolve_deadline(deadline))
 
     def _runs_from(self, version: str) -> bool:
         """This process runs from that slot's venv (not, say, a developer's checkout of the same version)."""
@@ -100,7 +99,7 @@ class UpdateStage:
         )
 
     # -- probation --------------------------------------------------------------------------------
-    def _watch(self) -> None:
+    def _watch(self, _loop: BackgroundLoop) -> None:
         probation = self.probation
         assert probation is not None
         needed = int(probation.get("frames", 30))

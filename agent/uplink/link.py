@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from agent.lifecycle import BackgroundLoop, remaining, resolve_deadline
+
 log = logging.getLogger(__name__)
 
 Mode = Literal["up", "blackhole", "down"]
@@ -101,13 +103,14 @@ class LinkProxy:
         self._spawn(self._accept_loop, "link-accept")
         return self
 
-    def stop(self) -> None:
+    def stop(self, deadline: float | None = None) -> None:
+        deadline = resolve_deadline(deadline)
         self._stop.set()
         self.reset_connections()
         if self._server is not None:
             self._server.close()
         for thread in self._threads:
-            thread.join(2.0)
+            thread.join(remaining(deadline))
 
     def wait_for(self, predicate: Callable[[LinkProxy], bool], timeout: float) -> bool:
         """Wait until `predicate(self)` holds, re-checked as bytes move (tests and the fault harness)."""
@@ -302,21 +305,18 @@ class ProfileRunner:
     def __init__(self, proxy: LinkProxy, profile: LinkProfile) -> None:
         self.proxy = proxy
         self.profile = profile
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = BackgroundLoop("link-profile", self._run)
+        self._stop = self._loop.stopping
         self.current: LinkState = LinkState()
 
     def start(self) -> ProfileRunner:
-        self._thread = threading.Thread(target=self._run, name="link-profile", daemon=True)
-        self._thread.start()
+        self._loop.start()
         return self
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(2.0)
+    def stop(self, deadline: float | None = None) -> None:
+        self._loop.stop(resolve_deadline(deadline))
 
-    def _run(self) -> None:
+    def _run(self, _loop: BackgroundLoop) -> None:
         while not self._stop.is_set():
             for step in self.profile.steps:
                 self.current = step.state

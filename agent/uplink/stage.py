@@ -6,6 +6,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import AgentError
+from agent.lifecycle import resolve_deadline
 from agent.uplink.link import LinkProxy, ProfileError, ProfileRunner, load_profile
 from agent.uplink.mqtt import BrokerUrl, MqttPublisher, UplinkError
 
@@ -34,12 +35,16 @@ class UplinkStage:
         self.publisher.start()
         return self
 
-    def stop(self) -> None:
-        self.publisher.stop()
+    def request_stop(self) -> None:
+        self.publisher.request_stop()
+
+    def stop(self, deadline: float | None = None) -> None:
+        deadline = resolve_deadline(deadline)
+        self.publisher.stop(deadline)
         if self.runner is not None:
-            self.runner.stop()
+            self.runner.stop(deadline)
         if self.proxy is not None:
-            self.proxy.stop()
+            self.proxy.stop(deadline)
 
     def status(self) -> dict[str, Any]:
         status = self.publisher.status()

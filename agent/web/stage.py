@@ -14,6 +14,7 @@ from agent.config.control import is_loopback, parse_listen
 from agent.errors import AgentError
 from agent.events import EVENTS_STREAM
 from agent.health.status import camera_flags
+from agent.lifecycle import BackgroundLoop, resolve_deadline
 from agent.uplink.spool import Record
 from agent.web.guard import ConnectionGuard, own_names
 from agent.web.metrics import MetricsEndpoint
@@ -64,7 +65,7 @@ class WebStage:
         self.app = app
         self.preview = preview
         self.url = url
-        self._thread: threading.Thread | None = None
+        self._loop = BackgroundLoop("web", lambda _loop: self.server.serve_forever(poll_interval=0.25))
 
     @property
     def address(self) -> tuple[str, int]:
@@ -72,19 +73,17 @@ class WebStage:
         return str(host), int(port)
 
     def start(self) -> WebStage:
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.25}, name="web", daemon=True
-        )
-        self._thread.start()
+        self._loop.start()
         return self
 
-    def stop(self, timeout: float = 2.0) -> None:
+    def stop(self, deadline: float | None = None) -> None:
+        deadline = resolve_deadline(deadline)
         self.app.stopping.set()
+        self._loop.request_stop()
         self.preview.stop()
-        if self._thread is not None:
-            self.server.shutdown()
-            self._thread.join(timeout)
-            self._thread = None
+        if self._loop.alive():
+            self.server.shutdown()  # serve_forever returns within its poll interval
+            self._loop.join(deadline)
         self.server.server_close()
 
     def status(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from paho.mqtt.properties import Properties
 import agent
 from agent.clock import boot_id
 from agent.config.schema import UplinkConfig
+from agent.lifecycle import BackgroundLoop, resolve_deadline
 from agent.uplink.meter import ByteBudget, LinkMeter, ThumbnailShrinker
 from agent.uplink.mqtt.router import InboundRouter, MessageHandler
 from agent.uplink.mqtt.session import Ack, Session
@@ -68,11 +69,11 @@ class MqttPublisher:
         self.shrinker = ThumbnailShrinker(self.budget, settings.max_bytes_per_s)
         self.router = InboundRouter(settings.base)
         self._status_extra: Callable[[], dict[str, Any]] | None = None
-        self._stop = threading.Event()
+        self._loop = BackgroundLoop("uplink", self._run)
+        self._stop = self._loop.stopping
         self._wake = threading.Event()
         self._status_dirty = threading.Event()
         self._subs_dirty = threading.Event()  # handlers added after the session subscribed
-        self._thread: threading.Thread | None = None
         self._session: Session | None = None
         self._window: PublishWindow | None = None
         self._listening: list[str] = []  # subscribed and granted on this connection; in `online`
@@ -148,17 +149,20 @@ class MqttPublisher:
         return self.shrinker.degraded
 
     def start(self) -> MqttPublisher:
-        self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
-        self._thread.start()
+        self._loop.start()
         return self
 
-    def stop(self, timeout: float = 2.0) -> None:
-        """Say goodbye (retained offline status) if connected, then stop within `timeout`."""
-        self._stop.set()
+    def request_stop(self) -> None:
+        """Tell the thread to say goodbye and stop, without waiting (see stop())."""
+        self._loop.request_stop()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+
+    def stop(self, deadline: float | None = None) -> None:
+        """Say goodbye (retained offline status) if connected, then stop by `deadline`; a network call
+        stuck on a dead broker is left to the daemon thread."""
+        self._loop.request_stop()
+        self._wake.set()
+        self._loop.join(resolve_deadline(deadline))
         if self.settings.max_bytes_per_day:
             self.budget.save()
 
@@ -202,7 +206,7 @@ class MqttPublisher:
         return json.dumps(body, separators=(",", ":")).encode()
 
     # -- connections ---------------------------------------------------------------------------------
-    def _run(self) -> None:
+    def _run(self, _loop: BackgroundLoop) -> None:
         s = self.settings
         backoff = s.reconnect_min_s
         while not self._stop.is_set():

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from agent.lifecycle import BackgroundLoop, deadline_in
 from agent.uplink.spool.intake import Intake
 from agent.uplink.spool.policy import SpoolLimits
 from agent.uplink.spool.records import Outgoing, Priority, Record
@@ -72,8 +73,8 @@ class Spool:
         self._deferred_since: float | None = None  # when acknowledgements started waiting for a commit
         self._urgent = False
         self._generation = 0  # commit passes so far; flush() waits for the next one
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = BackgroundLoop("spool-commit", self._run)
+        self._stop = self._loop.stopping
         self._listeners: list[Callable[[list[Record]], None]] = []
         self._ack_listeners: list[Callable[[list[int]], None]] = []
         self._mark_uptimes: list[float] = []  # per commit: its uptime and first rowid (live vs backlog)
@@ -86,22 +87,25 @@ class Spool:
         self._store.open()
         self._intake.tally = self._store.state.tally
         self._last_housekeeping = self.uptime()
-        self._thread = threading.Thread(target=self._run, name="spool-commit", daemon=True)
-        self._thread.start()
+        self._loop.start()
         return self
 
-    def stop(self, timeout: float = 5.0) -> None:
-        if self._thread is None:
+    def stop(self, deadline: float | None = None) -> None:
+        """Commit what was accepted and close the files by `deadline` (default: 5 s from now)."""
+        if not self._loop.started:
             return
-        self._stop.set()
+        deadline = deadline_in(5.0) if deadline is None else deadline
+        self._loop.request_stop()
         with self._cond:
             self._cond.notify_all()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.error("spool committer did not stop within %.1fs; leaving the files open", timeout)
+        if not self._loop.join(deadline):
+            log.error("spool committer did not stop by the deadline; leaving the files open")
             return
-        self._thread = None
         self._store.close()
+
+    def status(self) -> dict[str, Any]:
+        """Cheap liveness (stats() reads the store): is the committer running, how many passes."""
+        return {"committer": self._loop.alive(), "generation": self._generation}
 
     def __enter__(self) -> Spool:
         return self.start()
@@ -165,7 +169,7 @@ class Spool:
             return self._cond.wait_for(
                 lambda: (
                     (self._intake.settled >= target and self._generation >= generation)
-                    or self._thread is None
+                    or not self._loop.alive()
                 ),
                 timeout,
             )
@@ -250,7 +254,7 @@ class Spool:
         return self._store.state.next_rowid
 
     # -- the committer ------------------------------------------------------------------------------
-    def _run(self) -> None:
+    def _run(self, _loop: BackgroundLoop) -> None:
         failures = 0
         while True:
             with self._cond:
