@@ -28,8 +28,11 @@ Mode = Literal["up", "blackhole", "down"]
 
 @dataclass(frozen=True)
 class LinkState:
-    """up: bytes flow (optionally throttled/delayed); blackhole: bytes vanish, sockets stay open (a
-    dead radio link TCP cannot see); down: connections are reset and refused."""
+    """up: bytes flow (optionally throttled/delayed); blackhole: nothing gets through but sockets stay
+    open (a dead radio link TCP cannot see): what is sent meanwhile is held, as TCP keeps retransmitting
+    it, and arrives in order if the link comes back before either end gives up (never a stream with a
+    hole in it, which no real network delivers); down: connections are reset (what was held is lost)
+    and refused."""
 
     mode: Mode = "up"
     rate_bps: float | None = None  # bytes per second each way; None = unlimited
@@ -81,7 +84,7 @@ class LinkProxy:
         self._threads: list[threading.Thread] = []
         self.bytes_up = 0
         self.bytes_down = 0
-        self.bytes_blackholed = 0  # sent into a black hole towards the broker: never delivered
+        self.bytes_blackholed = 0  # sent towards the broker while the link was a black hole (held)
         self.bytes_blackholed_down = 0  # answers from the broker (PUBACKs) that vanished the same way
         self.connections = 0
         self._traffic = threading.Condition()  # notified as bytes move, for wait_for()
@@ -165,6 +168,9 @@ class LinkProxy:
             self._spawn(self._pump, "link-up", client, upstream, True)
             self._spawn(self._pump, "link-down", upstream, client, False)
 
+    def _link_up(self) -> bool:
+        return self._state.mode == "up"  # read afresh: another thread changes it
+
     def _pump(self, src: socket.socket, dst: socket.socket, upward: bool) -> None:
         bucket = _TokenBucket()
         pending: list[tuple[float, bytes]] = []  # (release time, data) for latency
@@ -179,20 +185,19 @@ class LinkProxy:
                         break
                 except TimeoutError:
                     data = b""
-                if data and state.mode == "blackhole":
-                    if upward:
-                        self.bytes_blackholed += len(data)
-                    else:
-                        self.bytes_blackholed_down += len(data)
-                    self._moved()
-                    continue
                 if data:
+                    if state.mode == "blackhole":  # held, not lost: see LinkState
+                        if upward:
+                            self.bytes_blackholed += len(data)
+                        else:
+                            self.bytes_blackholed_down += len(data)
+                        self._moved()
                     pending.append((time.monotonic() + state.latency_s, data))
-                while pending and pending[0][0] <= time.monotonic():
+                while pending and pending[0][0] <= time.monotonic() and self._link_up():
                     _, chunk = pending.pop(0)
                     while chunk and not self._stop.is_set():
-                        if self._state.mode != "up":
-                            chunk = b""
+                        if not self._link_up():  # the link died mid-chunk: the rest waits with it
+                            pending.insert(0, (0.0, chunk))
                             break
                         n = bucket.take(len(chunk), self._state.rate_bps, self._stop)
                         dst.sendall(chunk[:n])
