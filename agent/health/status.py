@@ -95,6 +95,7 @@ class StatusCollector:
         self.system = system
         self.started_mono = time.monotonic()
         self.rates = Rates(self._counters)
+        self.rates.rates()  # the first sample now: the first status a page or report asks for has real rates
 
     def _counters(self) -> dict[str, int]:
         r = self.running
