@@ -268,7 +268,7 @@ class ControlStage:
         self.running.spool.wait_drained(RESTART_GRACE_S)  # the reply reaches the broker, unless the link is down
         log.warning("restart requested by %s (%s); exiting with code %d", actor, reason, EXIT_RESTART)
         self.agent.exit_code = EXIT_RESTART
-        self.agent.stop_event.set()
+        self.agent.request_stop()
 
     def status(self) -> dict[str, Any]:
         return {

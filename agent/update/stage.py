@@ -164,7 +164,7 @@ class UpdateStage:
         log.error("probation failed: %s; stopping so that the next start rolls back", reason)
         self.audit.record("agent.update_failed", "probation", {"version": self.version, "reason": reason})
         self.agent.exit_code = EXIT_RESTART
-        self.agent.stop_event.set()
+        self.agent.request_stop()
 
     def status(self) -> dict[str, Any]:
         return {
