@@ -139,10 +139,14 @@ def test_status_page_on_a_phone(browser, tmp_path):
                      ".some(i => i.complete && i.naturalWidth > 0)")
         texts = browser.js("return [...document.querySelectorAll('#events li.event .what')].map(e => e.textContent)")
         assert any("object appeared" in t for t in texts), texts
+        # real values, not the placeholders: a rate needs two samples, so a page opened in the agent's
+        # first half second shows "–" once; the next poll (2 s) must bring the measured numbers
+        browser.wait("return /[0-9] fps/.test(document.querySelector('[data-k=\"camera-sub\"]').textContent)"
+                     " && /^[0-9.]+ runs/.test(document.querySelector('[data-k=\"detect\"]').textContent)", 10)
         tiles = browser.js("return Object.fromEntries([...document.querySelectorAll('[data-k]')]"
                            ".map(e => [e.dataset.k, e.textContent]))")
         assert tiles["camera"] == "streaming" and "fps" in tiles["camera-sub"]
-        # real values, not the placeholders: what the tiles say is what /status.json says
+        # what the tiles say is what /status.json says
         status = browser.js("return fetch('/status.json').then(r => r.json())")
         shown_fps = re.search(r"· ([0-9.]+) fps", tiles["camera-sub"])
         assert shown_fps and float(shown_fps.group(1)) > 0, tiles["camera-sub"]
