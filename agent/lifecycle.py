@@ -36,7 +36,7 @@ DEFAULT_STOP_S = 2.0
 class Stage(Protocol):
     """A lifecycle object: started once, stopped once by a deadline shared with the other stages.
 
-    Stages may also offer `name: str` (their key in `Running.extras`) and `request_stop()`: tell
+    Stages may also offer `name: str` (their field in `Running.services`) and `request_stop()`: tell
     the background work to stop without waiting, so `stop_all` can signal every stage before joining
     any of them.
     """
