@@ -18,7 +18,7 @@ pytest.importorskip("jsonschema", reason="the back office needs the fleet extra 
 
 from fleet.store.db import DbUrl
 from fleet.web.service import FleetWeb
-from tests.brokers import Mosquitto, free_port, wait_port
+from tests.brokers import Mosquitto
 from tests.fleet_support import (
     ROOT,
     Publisher,
@@ -30,7 +30,7 @@ from tests.fleet_support import (
     start_ingest,
     wait_for,
 )
-from tests.test_web_browser import ARTIFACTS, CHROME_ARGS, CHROMEDRIVER, CHROMIUM, WebDriver
+from tests.test_web_browser import ARTIFACTS, CHROME_ARGS, CHROMIUM, WebDriver, chromium
 
 TOKEN = "control-room-token-2026"
 LIVE = ("pole-live", 52.3731, 4.8922)
@@ -54,21 +54,8 @@ class DesktopDriver(WebDriver):
 
 @pytest.fixture
 def desktop(tmp_path: Path) -> Iterator[DesktopDriver]:
-    if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
-        pytest.skip(
-            "chromium and chromium-driver are not installed (./scripts/setup installs the Debian packages)"
-        )
-    port = free_port()
-    with (tmp_path / "chromedriver.log").open("ab") as log:
-        proc = subprocess.Popen([str(CHROMEDRIVER), f"--port={port}"], stdout=log, stderr=log)
-    try:
-        wait_port(port, proc=proc)
-        driver = DesktopDriver(port, tmp_path / "profile")
+    with chromium(tmp_path, DesktopDriver) as driver:
         yield driver
-        driver.quit()
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def simulate(

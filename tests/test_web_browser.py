@@ -6,15 +6,16 @@ it opens the link with the token once. A screenshot is kept in test-artifacts/."
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -25,6 +26,7 @@ from tests.conftest import ROOT
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
+D = TypeVar("D", bound="WebDriver")
 TOKEN = "pole-17-technician-token"
 CHROME_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -87,16 +89,18 @@ class WebDriver:
             pass
 
 
-@pytest.fixture
-def browser(tmp_path):
+@contextlib.contextmanager
+def chromium(tmp_path: Path, make: Callable[[int, Path], D]) -> Iterator[D]:
+    """A chromedriver on a free port and the driver `make(port, profile)` builds on it; skips the
+    test when Chromium is not installed."""
     if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
         pytest.skip("chromium and chromium-driver are not installed (./scripts/setup installs the Debian packages)")
     port = free_port()
-    log = (tmp_path / "chromedriver.log").open("ab")
-    proc = subprocess.Popen([str(CHROMEDRIVER), f"--port={port}"], stdout=log, stderr=log)
+    with (tmp_path / "chromedriver.log").open("ab") as log:
+        proc = subprocess.Popen([str(CHROMEDRIVER), f"--port={port}"], stdout=log, stderr=log)
     try:
         wait_port(port, proc=proc)
-        driver = WebDriver(port, tmp_path / "profile")
+        driver = make(port, tmp_path / "profile")
         yield driver
         driver.quit()
     finally:
@@ -105,6 +109,12 @@ def browser(tmp_path):
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    with chromium(tmp_path, WebDriver) as driver:
+        yield driver
 
 
 def frames_shown(driver: WebDriver) -> int:

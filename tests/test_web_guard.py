@@ -12,7 +12,6 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.agent_harness import AgentHarness
-from tests.brokers import free_port, wait_port
-from tests.test_web_browser import CHROMEDRIVER, CHROMIUM, WebDriver
+from tests.test_web_browser import WebDriver, chromium
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -154,26 +152,9 @@ def test_the_host_header_must_name_this_node(tmp_path: Path):
 @pytest.fixture
 def rebinding_browser(tmp_path: Path) -> Iterator[WebDriver]:
     """Chromium resolving rebind.example to this machine: what a rebinding attack achieves."""
-    if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
-        pytest.skip(
-            "chromium and chromium-driver are not installed (./scripts/setup installs the Debian packages)"
-        )
-    port = free_port()
-    log = (tmp_path / "chromedriver.log").open("ab")
-    proc = subprocess.Popen([str(CHROMEDRIVER), f"--port={port}"], stdout=log, stderr=log)
-    try:
-        wait_port(port, proc=proc)
-        driver = WebDriver(
-            port, tmp_path / "profile", ("--host-resolver-rules=MAP rebind.example 127.0.0.1",)
-        )
+    rules = ("--host-resolver-rules=MAP rebind.example 127.0.0.1",)
+    with chromium(tmp_path, lambda port, profile: WebDriver(port, profile, rules)) as driver:
         yield driver
-        driver.quit()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def test_a_rebinding_page_cannot_read_the_status(tmp_path: Path, rebinding_browser):
