@@ -25,6 +25,7 @@ from agent.gnss.reader import GnssReader
 from agent.modem.at import open_port
 from agent.modem.emulator import ModemEmulator, PtyLink, Scenario
 from tests.conftest import NMEA_DIR, run_agent, shared
+from tests.fieldfuzz import mutate, mutations
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -89,30 +90,7 @@ FIELD = st.one_of(
         alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters="$*,"), max_size=16
     ),
 )
-MUTATION = st.one_of(
-    st.tuples(st.just("replace"), st.integers(1, 20), FIELD),
-    st.tuples(st.just("delete"), st.integers(1, 20), st.just("")),
-    st.tuples(st.just("repeat"), st.integers(1, 20), st.just("")),
-    st.tuples(st.just("truncate"), st.integers(1, 20), st.just("")),
-    st.tuples(st.just("append"), st.just(0), FIELD),
-)
-
-
-def mutate(body: str, mutations: list[tuple[str, int, str]]) -> str:
-    fields = body.split(",")
-    for op, index, value in mutations:
-        i = min(index, len(fields) - 1) if len(fields) > 1 else 0
-        if op == "replace" and i > 0:
-            fields[i] = value
-        elif op == "delete" and i > 0:
-            del fields[i]
-        elif op == "repeat" and i > 0:
-            fields.insert(i, fields[i])
-        elif op == "truncate":
-            fields = fields[: max(1, index)]
-        elif op == "append":
-            fields.append(value)
-    return ",".join(fields)
+MUTATION = mutations(FIELD, first=1)  # field 0 is the sentence type
 
 
 def cycle(stamp: str) -> list[str]:
@@ -155,8 +133,8 @@ FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCh
 
 @FUZZ
 @given(st.sampled_from(sorted(TEMPLATES)), st.lists(MUTATION, min_size=1, max_size=4), st.integers(1, 3))
-def test_semantically_wrong_sentences_are_skipped_and_forgotten(kind: str, mutations, copies: int):
-    bad = build(mutate(TEMPLATES[kind].replace(TIME, "092751.000"), mutations))
+def test_semantically_wrong_sentences_are_skipped_and_forgotten(kind: str, edits, copies: int):
+    bad = build(mutate(TEMPLATES[kind].replace(TIME, "092751.000"), edits, first=1))
     clean = cycle("092750.000") + cycle("092752.000") + cycle("092753.000") + cycle("092754.000")
     fuzzed = (
         cycle("092750.000") + [bad] * copies + cycle("092752.000") + cycle("092753.000") + cycle("092754.000")

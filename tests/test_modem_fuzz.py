@@ -38,6 +38,7 @@ from agent.modem.supervisor import LinkSupervisor
 from agent.modem.vendors.generic import Vendor
 from agent.modem.vendors.quectel import parse_qcsq, parse_qeng_servingcell
 from agent.modem.vendors.simcom import parse_cpsi
+from tests.fieldfuzz import mutate, mutations
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -95,30 +96,7 @@ FIELD = st.one_of(
     st.sampled_from(BAD_VALUES),
     st.text(alphabet=st.characters(exclude_categories=("Cs",), exclude_characters="\r\n"), max_size=20),
 )
-MUTATION = st.one_of(
-    st.tuples(st.just("replace"), st.integers(0, 20), FIELD),
-    st.tuples(st.just("delete"), st.integers(0, 20), st.just("")),
-    st.tuples(st.just("repeat"), st.integers(0, 20), st.just("")),
-    st.tuples(st.just("truncate"), st.integers(0, 20), st.just("")),
-    st.tuples(st.just("append"), st.just(0), FIELD),
-)
-
-
-def mutate(text: str, mutations: list[tuple[str, int, str]]) -> str:
-    fields = text.split(",")
-    for op, index, value in mutations:
-        i = min(index, len(fields) - 1)
-        if op == "replace":
-            fields[i] = value
-        elif op == "delete" and len(fields) > 1:
-            del fields[i]
-        elif op == "repeat":
-            fields.insert(i, fields[i])
-        elif op == "truncate":
-            fields = fields[: max(1, index)]
-        elif op == "append":
-            fields.append(value)
-    return ",".join(fields)
+MUTATION = mutations(FIELD)
 
 
 # What a radio can report (3GPP TS 36.133 reporting ranges, with margin for vendor offsets).
@@ -184,8 +162,8 @@ FUZZ = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCh
 
 @FUZZ
 @given(st.sampled_from(sorted(TEMPLATES)), st.lists(MUTATION, min_size=1, max_size=4))
-def test_semantically_wrong_answers_give_unknown_fields(kind: str, mutations):
-    text = mutate(TEMPLATES[kind], mutations)
+def test_semantically_wrong_answers_give_unknown_fields(kind: str, edits):
+    text = mutate(TEMPLATES[kind], edits)
     assert_registration(parse_registration(text, solicited=True))
     assert_registration(parse_registration(text, solicited=False))
     assert_operator(parse_cops(text))
