@@ -10,6 +10,7 @@ flight when a connection ended stays in the spool and goes again on the next one
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import ssl
 import threading
@@ -100,7 +101,7 @@ class Session:
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
-        client.on_log = self._on_log
+        client.enable_logger(_error_catcher(self))  # not on_log: paho would format every packet's line for it
         return client
 
     # -- connecting -------------------------------------------------------------------------------
@@ -209,10 +210,6 @@ class Session:
         client.disconnect()  # no reconnect by paho's thread: the next connection is a new Session
         self._wake()
 
-    def _on_log(self, _client: Any, _userdata: Any, level: int, message: str) -> None:
-        if level == paho.MQTT_LOG_ERR:
-            self.socket_error = message
-
     def _on_publish(self, _client: Any, _userdata: Any, mid: int, reason_code: Any, _props: Any) -> None:
         code = int(getattr(reason_code, "value", 0))
         failure = bool(getattr(reason_code, "is_failure", False))
@@ -230,3 +227,22 @@ class Session:
         with self._lock:
             self.events.messages.append((message.topic, bytes(message.payload)))
         self._notify()
+
+
+class _SocketErrors(logging.Handler):
+    """Keeps the last error paho's network thread logged (a TLS alert, a reset) on its session."""
+
+    def __init__(self, session: Session) -> None:
+        super().__init__(logging.ERROR)
+        self.session = session
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.session.socket_error = record.getMessage()
+
+
+def _error_catcher(session: Session) -> logging.Logger:
+    """A private logger that lets only errors through, so paho formats nothing per packet."""
+    logger = logging.Logger(f"{__name__}.paho", logging.ERROR)  # not registered: one per session
+    logger.propagate = False
+    logger.addHandler(_SocketErrors(session))
+    return logger
