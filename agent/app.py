@@ -59,7 +59,8 @@ def local_delivery(spool: Spool, output: JsonLinesOutput | None) -> Callable[[li
 
 # Optional stages. Each module has `build(agent, running) -> stage | None` (None: not configured
 # here); the agent starts them in this order once the core pipeline is built, and stops them right
-# after the capture, in reverse order.
+# after the capture, in reverse order. A builder reads what it needs from the agent (the config, the
+# run options) and hands the stage only a narrow part (agent.services.Host / ConfigHost, a getter).
 STAGE_BUILDERS: tuple[str, ...] = (
     "agent.privacy.stage",  # first: masks and redaction must apply before anything else runs
     "agent.rules.stage",
@@ -145,7 +146,7 @@ class Agent:
         self.stop_event = threading.Event()
         self.running: Running | None = None
         self.notifier = Notifier()
-        self.exit_code = 0  # EXIT_RESTART when the control plane asked for a restart
+        self.exit_code = 0  # EXIT_RESTART after `restart()` (a command, an update, a failed probation)
         self._on_started: list[Callable[[Running], None]] = []
         self._stop_requested_at: float | None = None  # monotonic; the shutdown budget counts from here
         self._analysing = threading.Lock()  # held by the analysis loop; stop() waits for its last frame
@@ -326,6 +327,11 @@ class Agent:
         if self._stop_requested_at is None:
             self._stop_requested_at = time.monotonic()
         self.stop_event.set()
+
+    def restart(self) -> None:
+        """agent.services.Host: stop cleanly and exit with EXIT_RESTART, so systemd starts us again."""
+        self.exit_code = EXIT_RESTART
+        self.request_stop()
 
     def stop(self) -> None:
         """Stop every stage within `STOP_BUDGET_S` of the stop request (see the module docstring)."""

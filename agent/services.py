@@ -6,6 +6,10 @@ hands the stage it builds only the narrow thing it uses (a publisher, an audit l
 None when the stage is not configured on this node; the field order is the start order, which is
 also the order of the stages in status reports.
 
+What a stage may ask of the agent itself is just as narrow: `ConfigHost` (read the running
+configuration, swap it whole) and `Host` (that, and a clean restart). `agent.app.Agent` is the one
+implementation; no stage holds the `Agent`.
+
 Only names in annotations come from the stage modules (under TYPE_CHECKING): they import this
 module's users, never the other way round at run time (tests/test_import_graph.py).
 """
@@ -14,9 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from agent.config.schema import Config
     from agent.control.stage import ControlStage
     from agent.detect.thermal import ThermalGovernor
     from agent.health.stage import HealthStage
@@ -28,6 +33,28 @@ if TYPE_CHECKING:
     from agent.uplink.mqtt import MqttPublisher
     from agent.uplink.stage import UplinkStage
     from agent.web.stage import WebStage
+
+
+class ConfigHost(Protocol):
+    """The running configuration, for stages that read it live or change it (control, model updates)."""
+
+    @property
+    def config(self) -> Config:
+        """The configuration in effect now: frozen, replaced whole by `use_config`, never edited."""
+        ...
+
+    def use_config(self, config: Config) -> None:
+        """Make `config` the running configuration (one assignment: a reader sees old or new whole)."""
+        ...
+
+
+class Host(ConfigHost, Protocol):
+    """`ConfigHost`, and the one way a stage ends the run: a clean stop with EXIT_RESTART."""
+
+    def restart(self) -> None:
+        """Stop every stage within the shutdown budget and exit with EXIT_RESTART (systemd starts the
+        agent again; after an agent update, from the new release)."""
+        ...
 
 
 @dataclass

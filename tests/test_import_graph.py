@@ -192,3 +192,56 @@ def test_no_import_circles_in_the_agent():
     graph = import_graph()
     found = [f"{', '.join(group)} (e.g. {' → '.join(circle(graph, group))})" for group in cycles(graph)]
     assert not found, "import circles in the agent package:\n" + "\n".join(found)
+
+
+# -- what stages may know of the agent ----------------------------------------------------------------
+BUILDER = "build"  # each optional stage's module-level `build(agent, running)` (agent.app.STAGE_BUILDERS)
+ENTRY_POINTS = frozenset({"agent.app", "agent.cli"})  # the composition root and the command that runs it
+
+
+def agent_mentions(path: Path) -> list[int]:
+    """Lines where the module names `Agent` (a name, an attribute or a string annotation) outside a
+    module-level `build` function and outside imports."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    allowed: set[int] = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == BUILDER:
+            allowed |= {n.lineno for n in ast.walk(node) if hasattr(n, "lineno")}
+    lines = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom) or not hasattr(node, "lineno"):
+            continue
+        named = (
+            (isinstance(node, ast.Name) and node.id == "Agent")
+            or (isinstance(node, ast.Attribute) and node.attr == "Agent")
+            or (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                and node.value.replace("'", "").replace('"', "") == "Agent")
+        )
+        if named and node.lineno not in allowed:
+            lines.add(node.lineno)
+    return sorted(lines)
+
+
+def test_the_agent_check_sees_a_stage_that_keeps_the_agent(tmp_path):
+    module = tmp_path / "stage.py"
+    module.write_text(
+        "from agent.app import Agent\n"
+        "class S:\n"
+        "    def __init__(self, agent: Agent) -> None:\n"
+        "        self.agent = agent\n"
+        "def helper(agent: 'Agent') -> None: ...\n"
+        "def build(agent: Agent, running):\n"
+        "    return S(agent)\n"
+    )
+    assert agent_mentions(module) == [3, 5]
+
+
+def test_only_the_builders_know_the_agent():
+    """Stages get narrow parts of the agent (agent.services.Host/ConfigHost, a config getter, the
+    notifier), never the `Agent` itself: only each module's `build()` may name it."""
+    found = [
+        f"{name}: line {', '.join(map(str, lines))}"
+        for name, path in module_names(ROOT, PACKAGE).items()
+        if name not in ENTRY_POINTS and (lines := agent_mentions(path))
+    ]
+    assert not found, "modules that name Agent outside build():\n" + "\n".join(found)

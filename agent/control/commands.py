@@ -34,11 +34,12 @@ from agent.control.protocol import CommandError, Strict
 from agent.control.roles import Role, allows
 
 if TYPE_CHECKING:
-    from agent.app import Agent, Running
+    from agent.app import Running
     from agent.control.live import LiveConfig
     from agent.control.model_update import ModelUpdater
     from agent.control.snapshot import Snapshotter
     from agent.health.stage import HealthStage
+    from agent.services import Host
     from agent.update.updater import AgentUpdater
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class Controller(Protocol):
     """What the commands use of the control stage (agent.control.stage.ControlStage): named here, so
     the command table does not import the stage that imports it."""
 
-    agent: Agent
+    host: Host
     running: Running
     health: HealthStage
     live: LiveConfig
@@ -70,7 +71,7 @@ def ping(stage: Controller, ctx: Context, args: NoArgs) -> Result:
     uptime = time.monotonic() - stage.health.collector.started_mono
     return "pong", {
         "agent": agent_pkg.__version__,
-        "node": stage.agent.config.node.id,
+        "node": stage.host.config.node.id,
         "uptime_s": round(uptime, 1),
     }
 
@@ -102,7 +103,7 @@ def model_update(stage: Controller, ctx: Context, args: ModelUpdateArgs) -> Resu
 
 
 def agent_update(stage: Controller, ctx: Context, args: AgentUpdateArgs) -> Result:
-    if not stage.agent.config.update.enabled:
+    if not stage.host.config.update.enabled:
         raise CommandError("agent updates are off on this node (update.enabled = false)")
     stage.releases.start(args, ctx.actor, ctx.reply, ctx.progress)
     return None

@@ -40,10 +40,11 @@ from agent.fetch import FetchError, FetchPolicy, sha256_file
 from agent.urls import hide_userinfo
 
 if TYPE_CHECKING:
-    from agent.app import Agent, Running
+    from agent.app import Running
     from agent.control.persist import ConfigStore
     from agent.health.frames import FrameTap
     from agent.privacy import AuditLog
+    from agent.services import ConfigHost
 
 log = logging.getLogger(__name__)
 
@@ -105,14 +106,14 @@ class ModelUpdater(BackgroundCommand):
 
     def __init__(
         self,
-        agent: Agent,
+        host: ConfigHost,
         running: Running,
         tap: FrameTap,
         store: ConfigStore,
         audit: Callable[[], AuditLog],
     ) -> None:
         super().__init__()
-        self.agent = agent
+        self.host = host  # the running config; the new model's path is swapped into it once it passes
         self.running = running
         self.tap = tap
         self.store = store
@@ -137,14 +138,14 @@ class ModelUpdater(BackgroundCommand):
 
     @property
     def import_dir(self) -> Path:
-        configured = self.agent.config.control.model_import_dir
+        configured = self.host.config.control.model_import_dir
         return (configured or self.running.state_dir / "models" / "import").expanduser()
 
     def _in_use(self) -> set[Path]:
         """Model files (and their cards) that must stay: the running model and the configured one."""
         keep: set[Path] = set()
         detector = self.running.pipeline.detector
-        for candidate in (getattr(detector, "path", None), self.agent.config.detect.model):
+        for candidate in (getattr(detector, "path", None), self.host.config.detect.model):
             if candidate:
                 path = Path(str(candidate)).expanduser()
                 keep |= {path.resolve(), card_path_for(path).resolve()}
@@ -164,7 +165,7 @@ class ModelUpdater(BackgroundCommand):
                 path.unlink(missing_ok=True)
 
     def _policy(self, dest: Path) -> FetchPolicy:
-        cfg = self.agent.config
+        cfg = self.host.config
         cap = int(cfg.control.model_updates_max_mb * 1024 * 1024)
         part = dest.with_name(dest.name + ".part")
         room = cap - fetch.usage(self.updates_dir, skip=[part])
@@ -233,10 +234,10 @@ class ModelUpdater(BackgroundCommand):
 
     def _load(self, dest: Path) -> Detector:
         try:
-            detector = detector_from_config(dest, self.agent.config.detect)
+            detector = detector_from_config(dest, self.host.config.detect)
         except (CardError, ValueError) as exc:
             raise CommandError(f"the new model does not load: {exc}; the previous model stays") from None
-        wanted = self.agent.config.detect.classes
+        wanted = self.host.config.detect.classes
         if wanted and not set(wanted) & set(detector.card.labels):
             detector.close()
             raise CommandError(
@@ -271,7 +272,7 @@ class ModelUpdater(BackgroundCommand):
         if new.sha256 == current.sha256:
             new.close()
             return "this model is already running; nothing changed", {"model": new.info()}
-        probation_runs = self.agent.config.control.model_probation_frames
+        probation_runs = self.host.config.control.model_probation_frames
         baseline = list(self.tap.recent_counts)[-probation_runs:]
         guard = ProbationDetector(new, current)
         pipeline.swap_detector(guard)
@@ -293,13 +294,13 @@ class ModelUpdater(BackgroundCommand):
             raise CommandError(
                 f"could not persist detect.model ({exc}); rolled back to {current.name}"
             ) from None
-        apply_detect(new, self.agent.config)  # thresholds changed live during probation
+        apply_detect(new, self.host.config)  # thresholds changed live during probation
         pipeline.swap_detector(new)
         self.running.detector = new
         with pipeline.lock:  # config/set swaps the config under the same lock
-            config = self.agent.config
+            config = self.host.config
             detect = config.detect.model_copy(update={"model": str(dest)})
-            self.agent.use_config(config.model_copy(update={"detect": detect}))
+            self.host.use_config(config.model_copy(update={"detect": detect}))
         current.close()
         details = {
             "from": current.info(),
@@ -317,7 +318,7 @@ class ModelUpdater(BackgroundCommand):
 
     def _watch(self, guard: ProbationDetector, runs: int, baseline: int) -> str | None:
         """None when the new model passed probation, else why it is rolled back."""
-        deadline = time.monotonic() + self.agent.config.control.model_probation_timeout_s
+        deadline = time.monotonic() + self.host.config.control.model_probation_timeout_s
         with guard.changed:
             while guard.error is None and guard.runs < runs:
                 if self.cancelled:
@@ -341,7 +342,7 @@ class ModelUpdater(BackgroundCommand):
 
     def _roll_back(self, guard: ProbationDetector, previous: Detector) -> None:
         pipeline = self.running.pipeline
-        apply_detect(previous, self.agent.config)
+        apply_detect(previous, self.host.config)
         if pipeline.detector is guard:
             pipeline.swap_detector(previous)
         self.running.detector = previous

@@ -42,10 +42,14 @@ from agent.update.updater import AgentUpdater
 from agent.uplink.spool import Outgoing, Priority
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
+
     from agent.app import Agent, Running
     from agent.config.schema import Config
     from agent.health.stage import HealthStage
     from agent.rules import SnapshotRequest
+    from agent.services import Host
 
 log = logging.getLogger(__name__)
 
@@ -69,29 +73,42 @@ class RuleSnapshot:
 class ControlStage:
     name = "control"
 
-    def __init__(self, agent: Agent, running: Running, health: HealthStage, publisher: Any) -> None:
-        self.agent = agent
+    def __init__(
+        self,
+        host: Host,
+        running: Running,
+        health: HealthStage,
+        publisher: Any,
+        *,
+        config_file: Path | None = None,
+        origins: Mapping[tuple[str, ...], str] | None = None,
+    ) -> None:
+        """`host` is the running config (read live, swapped whole by config/set) and the restart;
+        `config_file` and `origins` say where each setting came from (live changes persist beside
+        the file, and `config/get` names the origin)."""
+        self.host = host
         self.running = running
         self.health = health
         self.publisher = publisher
-        cfg = agent.config.control
+        self.origins = dict(origins or {})
+        cfg = host.config.control
         self.queue: queue.Queue[Job | RuleSnapshot] = queue.Queue(maxsize=cfg.queue)
-        self.store = ConfigStore(agent.options.config_path, running.state_dir)
+        self.store = ConfigStore(config_file, running.state_dir)
         self.live = LiveConfig(
-            config=lambda: agent.config,
-            swap=agent.use_config,
-            origins=agent.options.config_origins,
+            config=lambda: host.config,
+            swap=host.use_config,
+            origins=self.origins,
             pipeline=running.pipeline,
             services=running.services,
             store=self.store,
             audit=lambda: health.privacy.audit,
         )
-        self.models = ModelUpdater(agent, running, health.tap, self.store, lambda: health.privacy.audit)
-        self.releases = AgentUpdater(agent, running, lambda: health.privacy.audit, self.exit_for_restart)
-        self.snapshots = Snapshotter(lambda: agent.config, health, running.factory, running.pipeline.emitter)
+        self.models = ModelUpdater(host, running, health.tap, self.store, lambda: health.privacy.audit)
+        self.releases = AgentUpdater(lambda: host.config.update, lambda: health.privacy.audit, self.exit_for_restart)
+        self.snapshots = Snapshotter(lambda: host.config, health, running.factory, running.pipeline.emitter)
         folder = running.state_dir / "control"
         folder.mkdir(parents=True, exist_ok=True)
-        self.gate = CommandGate(agent.config, running.clock, running.spool, running.spool.uptime, folder)
+        self.gate = CommandGate(host.config, running.clock, running.spool, running.spool.uptime, folder)
         self.counts = {"received": 0, "ok": 0, "error": 0, "busy": 0, "oversized": 0, "rule_snapshots": 0}
         self._counts_lock = threading.Lock()  # bumped from the uplink, control and analysis threads
         self._loop = BackgroundLoop("control", self._run)
@@ -100,7 +117,7 @@ class ControlStage:
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> ControlStage:
         self._loop.start()
-        live = sorted(".".join(k) for k, o in self.agent.options.config_origins.items() if o.startswith("overlay "))
+        live = sorted(".".join(k) for k, o in self.origins.items() if o.startswith("overlay "))
         if live:
             log.info("live changes kept in %s are in effect: %s", self.store.overlay, ", ".join(live))
         if self.publisher is not None:
@@ -125,7 +142,7 @@ class ControlStage:
     def on_message(self, suffix: str, payload: bytes) -> None:
         command = suffix.removeprefix("cmd/")
         self._count("received")
-        limit = self.agent.config.control.max_payload_bytes
+        limit = self.host.config.control.max_payload_bytes
         if len(payload) > limit:
             self._count("oversized")
             message = f"payload of {len(payload)} bytes refused (control.max_payload_bytes = {limit})"
@@ -231,7 +248,7 @@ class ControlStage:
             self._count("ok" if ok else "error")
         if not ok:
             log.warning("cmd/%s %s: %s", command, request_id, message)
-        body = reply(request_id, command, ok, message, data, node=self.agent.config.node.id, progress=progress)
+        body = reply(request_id, command, ok, message, data, node=self.host.config.node.id, progress=progress)
         # bytes, not a dict: the spool would otherwise replace `id` with its own record id
         record = Outgoing(REPLY_STREAM, Priority.CRITICAL, REPLY_STREAM, body, sequenced=False)
         accepted = self.running.spool.accept([record])
@@ -267,8 +284,7 @@ class ControlStage:
         self.running.spool.flush(RESTART_GRACE_S)
         self.running.spool.wait_drained(RESTART_GRACE_S)  # the reply reaches the broker, unless the link is down
         log.warning("restart requested by %s (%s); exiting with code %d", actor, reason, EXIT_RESTART)
-        self.agent.exit_code = EXIT_RESTART
-        self.agent.request_stop()
+        self.host.restart()
 
     def status(self) -> dict[str, Any]:
         return {
@@ -290,7 +306,14 @@ def build(agent: Agent, running: Running) -> ControlStage | None:
     health = running.services.health
     if health is None:
         return None
-    stage = ControlStage(agent, running, health, running.services.publisher)
+    stage = ControlStage(
+        agent,
+        running,
+        health,
+        running.services.publisher,
+        config_file=agent.options.config_path,
+        origins=agent.options.config_origins,
+    )
     rules = running.services.rules
     if rules is not None and rules.engine.on_snapshot is None:
         rules.engine.on_snapshot = stage.on_rule_snapshot

@@ -24,8 +24,11 @@ from agent.privacy.publication import HeadPublication
 from agent.uplink.spool import Outgoing, Priority
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from agent.app import Agent, Running
     from agent.config.schema import Config
+    from agent.systemd import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +38,20 @@ TELEMETRY_STREAM = "telemetry"
 class HealthStage:
     name = "health"
 
-    def __init__(self, agent: Agent, running: Running) -> None:
-        self.agent = agent
+    def __init__(self, config: Callable[[], Config], running: Running, notifier: Notifier) -> None:
+        """`config` returns the running configuration (live changes included); `notifier` tells systemd
+        what the node does about its camera."""
+        self.config = config
         self.running = running
+        self.notifier = notifier
         pipeline = running.pipeline
         self.tap = FrameTap(lambda: int(getattr(pipeline.detector, "frames", 0)))
         self.camera = CameraHealth(
-            agent.config.health, running.capture, pipeline.emitter, running.factory, on_change=self._camera_changed
+            config().health, running.capture, pipeline.emitter, running.factory, on_change=self._camera_changed
         )
         self.system = SystemProbe(running.state_dir)
-        self.collector = StatusCollector(lambda: agent.config, running, self.system)
-        self.privacy = PrivacyAccess(lambda: agent.config, running.services, running.state_dir, running.clock)
+        self.collector = StatusCollector(config, running, self.system)
+        self.privacy = PrivacyAccess(config, running.services, running.state_dir, running.clock)
         self.telemetry_sent = 0
         self.telemetry_refused = 0
         self._loop = BackgroundLoop("health", self._run)
@@ -69,12 +75,12 @@ class HealthStage:
         self._loop.join(resolve_deadline(deadline))
 
     def _run(self, _loop: BackgroundLoop) -> None:
-        next_telemetry = time.monotonic() + min(10.0, self.agent.config.telemetry.interval_s)
+        next_telemetry = time.monotonic() + min(10.0, self.config().telemetry.interval_s)
         while not self._stop.is_set():
             try:
                 self.camera.check()
                 self.collector.rates.rates()  # keep the fps window filled between reports
-                cfg = self.agent.config.telemetry
+                cfg = self.config().telemetry
                 now = time.monotonic()
                 if cfg.enabled and now >= next_telemetry:
                     self.publish_telemetry()
@@ -113,7 +119,7 @@ class HealthStage:
         self._wake.set()
 
     def _camera_changed(self) -> None:
-        self.agent.notifier.status(self.systemd_status())
+        self.notifier.status(self.systemd_status())
         publisher = self.running.services.publisher
         if publisher is not None:
             publisher.refresh_status()
@@ -129,11 +135,12 @@ class HealthStage:
         return self.running.capture.status_line()
 
     def status(self) -> dict[str, Any]:
+        telemetry = self.config().telemetry
         return {
             "camera": self.camera.status(),
             "telemetry": {
-                "enabled": self.agent.config.telemetry.enabled,
-                "interval_s": self.agent.config.telemetry.interval_s,
+                "enabled": telemetry.enabled,
+                "interval_s": telemetry.interval_s,
                 "sent": self.telemetry_sent,
                 "refused": self.telemetry_refused,
             },
@@ -142,7 +149,7 @@ class HealthStage:
 
 def build(agent: Agent, running: Running) -> HealthStage:
     """Always built: camera health and the frame tap are needed by control and the status page too."""
-    stage = HealthStage(agent, running)
+    stage = HealthStage(lambda: agent.config, running, agent.notifier)
     running.pipeline.observers.append(stage.tap)
     running.pipeline.observers.append(stage.camera)
     previous = running.capture.on_state

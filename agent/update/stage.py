@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import agent as agent_pkg
-from agent.errors import EXIT_RESTART
 from agent.lifecycle import BackgroundLoop, resolve_deadline
 from agent.update import slots
 
 if TYPE_CHECKING:
     from agent.app import Agent, Running
     from agent.privacy import AuditLog
+    from agent.services import Host
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +36,13 @@ POLL_S = 0.5
 class UpdateStage:
     name = "update"
 
-    def __init__(self, agent: Agent, running: Running, audit: AuditLog, publisher: Any) -> None:
-        self.agent = agent
+    def __init__(self, host: Host, running: Running, audit: AuditLog, publisher: Any) -> None:
+        """`host` gives the configuration and, when the probation fails, the restart that rolls back."""
+        self.host = host
         self.running = running
         self.audit = audit
         self.publisher = publisher
-        self.layout = slots.Layout(agent.config.update.releases_dir)
+        self.layout = slots.Layout(host.config.update.releases_dir)
         self.version = agent_pkg.__version__
         self.probation: dict[str, Any] | None = None
         self.outcome: str | None = None  # "confirmed" / "failed: …" once the probation is decided
@@ -106,7 +107,7 @@ class UpdateStage:
         timeout = float(probation.get("timeout_s", 600))
         deadline = probation.get("deadline_mono") if probation.get("boot") == slots.boot_id() else None
         deadline = float(deadline) if deadline is not None else time.monotonic() + timeout
-        broker = bool(self.agent.config.uplink.broker)
+        broker = bool(self.host.config.uplink.broker)
         reported: tuple[bool, bool] | None = None
         while not self._stop.is_set():
             connected = bool(self.publisher is not None and self.publisher.connected) if broker else True
@@ -163,8 +164,7 @@ class UpdateStage:
         self.outcome = f"failed: {reason}"
         log.error("probation failed: %s; stopping so that the next start rolls back", reason)
         self.audit.record("agent.update_failed", "probation", {"version": self.version, "reason": reason})
-        self.agent.exit_code = EXIT_RESTART
-        self.agent.request_stop()
+        self.host.restart()
 
     def status(self) -> dict[str, Any]:
         return {

@@ -41,7 +41,6 @@ from agent.update.release import (
 from agent.urls import hide_userinfo
 
 if TYPE_CHECKING:
-    from agent.app import Agent, Running
     from agent.config.update import UpdateConfig
     from agent.control.args import AgentUpdateArgs, ProgressFn
     from agent.privacy import AuditLog
@@ -66,14 +65,14 @@ class AgentUpdater(BackgroundCommand):
 
     def __init__(
         self,
-        agent: Agent,
-        running: Running,
+        config: Callable[[], UpdateConfig],
         audit: Callable[[], AuditLog],
         restart: Callable[[str, str], None],
     ) -> None:
+        """`config` returns the running `update` section; `restart(actor, reason)` ends the run once the
+        new release is current (systemd then starts it)."""
         super().__init__()
-        self.agent = agent
-        self.running = running
+        self._config = config
         self._audit = audit
         self._restart = restart
         self._progress: ProgressFn | None = None
@@ -85,7 +84,7 @@ class AgentUpdater(BackgroundCommand):
 
     @property
     def cfg(self) -> UpdateConfig:
-        return self.agent.config.update
+        return self._config()
 
     def _say(self, message: str, data: dict[str, Any]) -> None:
         log.info("agent update: %s", message)

@@ -23,6 +23,7 @@ from agent.web.server import StatusHTTPServer, WebApp
 
 if TYPE_CHECKING:
     from agent.app import Agent, Running
+    from agent.config.control import HttpConfig
     from agent.config.schema import Config
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,8 @@ class WebStage:
         }
 
 
-def read_token(agent: Agent) -> str | None:
-    cfg = agent.config.http
+def read_token(cfg: HttpConfig) -> str | None:
+    """The status page's token: from `http.token_file` when set (kept out of the config file), else `http.token`."""
     if cfg.token_file is not None:
         try:
             token = Path(cfg.token_file).expanduser().read_text(encoding="utf-8").strip()
@@ -120,7 +121,7 @@ def build(agent: Agent, running: Running) -> WebStage | None:
     health = running.services.health
     if health is None:
         return None
-    token = read_token(agent)
+    token = read_token(cfg)
     host, port = address
     if not is_loopback(host) and token is None:  # the schema checks this too; a token file may be empty
         raise AgentError(f"http.listen = {listen!r} is reachable from other machines: set http.token")
