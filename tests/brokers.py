@@ -230,8 +230,8 @@ class Collector:
         self.client.on_connect = lambda c, *a: c.subscribe([(t, 1) for t in topics])
         self.client.connect(host, int(port))
         self.client.loop_start()
-        if not self._subscribed.wait(10):
-            raise TimeoutError("collector could not subscribe")
+        if not self._subscribed.wait(30):  # RabbitMQ's MQTT plugin can take seconds on a busy machine
+            raise TimeoutError("collector could not subscribe within 30 s")
 
     def _on_message(self, client, userdata, message) -> None:
         props = {}

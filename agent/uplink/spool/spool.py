@@ -62,7 +62,12 @@ class Spool:
         self._store = SpoolStore(
             path, self.limits, uptime=self._clock, wall=wall, clock_trusted=clock_trusted
         )
-        self._cond = threading.Condition()  # the intake and everything below it
+        lock = threading.RLock()  # the intake and everything below it
+        self._cond = threading.Condition(lock)  # wakes the committer (and flush(), after a commit)
+        # wakes wait_drained() only: acknowledgements arrive in thousands per second while a backlog
+        # drains, and waking the committer for each (it has nothing to do with them) costs the uplink
+        # thread the GIL every time (bench/uplink.py)
+        self._settled = threading.Condition(lock)
         self._intake = Intake(
             self._store.state.tally,
             max_pending_bytes=self.limits.max_pending_bytes,
@@ -98,6 +103,7 @@ class Spool:
         self._loop.request_stop()
         with self._cond:
             self._cond.notify_all()
+            self._settled.notify_all()
         if not self._loop.join(deadline):
             log.error("spool committer did not stop by the deadline; leaving the files open")
             return
@@ -195,8 +201,8 @@ class Spool:
             with self._store.lock:  # never taken the other way round: no deadlock
                 return not self._intake.groups and not self._store.index.entries
 
-        with self._cond:
-            return self._cond.wait_for(drained, timeout)
+        with self._settled:
+            return self._settled.wait_for(drained, timeout)
 
     # -- publisher side ---------------------------------------------------------------------------
     def ack(self, rowids: Iterable[int]) -> None:
@@ -204,8 +210,8 @@ class Spool:
         written with the next commit."""
         gone = self._store.leave(list(rowids))
         with self._cond:
-            self._acks.update(gone)
-            self._cond.notify_all()
+            self._acks.update(gone)  # the committer picks them up when it next wakes (_wait_for_work)
+            self._settled.notify_all()
         if gone:
             for listener in self._ack_listeners:
                 listener(gone)
@@ -214,7 +220,8 @@ class Spool:
         """Remove a record that can never be delivered (e.g. the broker refuses it), counting the drop."""
         if self._store.leave([rowid], reason):
             with self._cond:
-                self._cond.notify_all()
+                self._cond.notify_all()  # the drop count is written with the next commit
+                self._settled.notify_all()
 
     def next_records(
         self,
@@ -292,6 +299,7 @@ class Spool:
                 self._intake.settled += settled
                 self._generation += 1
                 self._cond.notify_all()
+                self._settled.notify_all()
             if committed:
                 self._mark(committed)
                 for listener in self._listeners:
