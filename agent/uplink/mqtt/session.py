@@ -36,7 +36,7 @@ class Ack:
     mid: int
     code: int
     failure: bool
-    reason: str
+    reason: str  # the reason code's name, for a failure (empty otherwise)
 
 
 @dataclass
@@ -66,6 +66,12 @@ class Session:
         self.events = SessionEvents()
         self._awaiting_connack = False
         self._notify = notify  # something arrived (a PUBACK, a message, the end of the connection)
+        # PUBACKs are handed over in batches: while paho still holds more than `inflight` unacknowledged
+        # publishes (its wire window is full and more wait behind it), waking the publisher for every
+        # PUBACK only makes the two threads fight over the GIL (bench/uplink.py); once it holds fewer,
+        # every PUBACK wakes it, so a live event is never waited on
+        self._ack_batch = max(1, settings.inflight)
+        self._outstanding = 0  # publishes paho has taken and not yet seen acknowledged
         self._changed = threading.Event()
         self._lock = threading.Lock()
         self._looping = False
@@ -149,8 +155,12 @@ class Session:
         self, topic: str, payload: bytes, *, retain: bool, properties: Properties | None = None
     ) -> int | None:
         """QoS 1; the packet id, or None when paho could not take it (the reason is in `ended`)."""
+        with self._lock:  # before paho has it: its thread may report the PUBACK before publish() returns
+            self._outstanding += 1
         info = self.client.publish(topic, payload, qos=1, retain=retain, properties=properties)
         if info.rc != paho.MQTT_ERR_SUCCESS:
+            with self._lock:
+                self._outstanding -= 1
             self.ended = f"publish: {paho.error_string(info.rc)}"
             return None
         return info.mid
@@ -214,8 +224,11 @@ class Session:
         code = int(getattr(reason_code, "value", 0))
         failure = bool(getattr(reason_code, "is_failure", False))
         with self._lock:
-            self.events.acks.append(Ack(mid, code, failure, str(reason_code)))
-        self._notify()
+            self.events.acks.append(Ack(mid, code, failure, str(reason_code) if failure else ""))
+            self._outstanding -= 1
+            wake = failure or len(self.events.acks) >= self._ack_batch or self._outstanding <= self._ack_batch
+        if wake:
+            self._notify()
 
     def _on_subscribe(self, _client: Any, _userdata: Any, mid: int, reason_codes: Any, _props: Any) -> None:
         refused = any(rc.is_failure for rc in reason_codes)
