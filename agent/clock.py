@@ -17,9 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 # A wall clock before this is certainly wrong (the software did not exist yet).
 PLAUSIBLE_AFTER = datetime(2025, 1, 1, tzinfo=UTC).timestamp()
+
+# Where wall time comes from: ntp/gnss synchronised, system plausible but unconfirmed, unsynced wrong.
+ClockSource = Literal["ntp", "gnss", "system", "unsynced"]
 
 _TIME_ERROR = 5  # adjtimex(2) return value: clock not synchronised
 
@@ -84,7 +88,7 @@ def boot_id() -> str:
 
 @dataclass(frozen=True)
 class ClockState:
-    source: str  # "ntp", "gnss", "system" (plausible but unconfirmed) or "unsynced"
+    source: ClockSource
     trusted: bool
 
     def as_dict(self) -> dict[str, object]:

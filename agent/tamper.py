@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import cv2
 import numpy as np
@@ -53,7 +53,7 @@ class Measures:
 
 @dataclass(frozen=True)
 class TamperChange:
-    kind: str  # "tamper" or "tamper_recovered"
+    kind: Literal["tamper", "tamper_recovered"]
     reason: str
     t: float
     duration_s: float | None = None

@@ -16,6 +16,7 @@ import pytest
 
 from agent.config.rules import RulesConfig
 from agent.rules import Firing, FrameInput, RuleEngine
+from agent.rules.dispatch import rule_fields
 from agent.track import Track, TrackEvent
 
 FPS = 10
@@ -100,7 +101,7 @@ def test_dwell_fires_once_after_dwell_s_of_one_visit():
     (dwell,) = street.run(0.2)
     assert (dwell.kind, dwell.rule, dwell.zone, dwell.track_id) == ("dwell", "loiter", "square", 1)
     assert dwell.t == pytest.approx(14.0) and dwell.duration_s == pytest.approx(8.0)
-    assert dwell.event_fields() == {"rule": "loiter", "zone": "square", "duration_s": 8.0}
+    assert rule_fields(dwell) == {"rule": "loiter", "zone": "square", "duration_s": 8.0}
     assert street.run(60) == []  # still there: once per visit
     street.place(1, OUTSIDE)
     street.run(2)

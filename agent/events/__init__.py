@@ -3,16 +3,48 @@
 from agent.events.emitter import EVENTS_STREAM, THUMBS_STREAM, EventEmitter, JsonLinesOutput, ThumbnailFiles
 from agent.events.record import SCHEMA_ID, EventFactory, normalise
 from agent.events.thumbs import Thumbnail, make_thumbnail
+from agent.events.types import (
+    CameraFields,
+    ClockStamp,
+    EventBody,
+    EventContext,
+    EventPriority,
+    EventType,
+    Flaps,
+    LinkSignal,
+    LinkState,
+    Location,
+    ModelInfo,
+    RuleFields,
+    SnapshotInfo,
+    ThumbMeta,
+    UpdateFields,
+)
 
 __all__ = [
     "EVENTS_STREAM",
     "SCHEMA_ID",
     "THUMBS_STREAM",
+    "CameraFields",
+    "ClockStamp",
+    "EventBody",
+    "EventContext",
     "EventEmitter",
     "EventFactory",
+    "EventPriority",
+    "EventType",
+    "Flaps",
     "JsonLinesOutput",
+    "LinkSignal",
+    "LinkState",
+    "Location",
+    "ModelInfo",
+    "RuleFields",
+    "SnapshotInfo",
+    "ThumbMeta",
     "Thumbnail",
     "ThumbnailFiles",
+    "UpdateFields",
     "make_thumbnail",
     "normalise",
 ]

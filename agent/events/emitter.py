@@ -14,6 +14,7 @@ from typing import IO, Any
 
 from agent.clock import PLAUSIBLE_AFTER
 from agent.events.thumbs import Thumbnail
+from agent.events.types import EventBody
 from agent.events.wire import Revision, for_wire
 from agent.lifecycle import BackgroundLoop, resolve_deadline
 from agent.uplink.spool import Outgoing, Priority, Record, Spool
@@ -33,12 +34,13 @@ class EventEmitter:
         self.revision = revision
         self.emitted = 0
 
-    def emit(self, body: dict[str, Any], thumb: Thumbnail | None = None) -> bool:
+    def emit(self, body: EventBody, thumb: Thumbnail | None = None) -> bool:
         critical = body.get("priority") == "critical"
         if thumb is not None:
-            body = {**body, "thumb": thumb.meta()}
-        body = for_wire(body, self.revision)
-        group = [Outgoing(EVENTS_STREAM, Priority.CRITICAL if critical else Priority.EVENT, "events", body)]
+            body = body.copy()  # the caller's body stays as it was; `thumb` keeps its place
+            body["thumb"] = thumb.meta()
+        record = for_wire(body, self.revision)
+        group = [Outgoing(EVENTS_STREAM, Priority.CRITICAL if critical else Priority.EVENT, "events", record)]
         if thumb is not None:
             group.append(Outgoing(THUMBS_STREAM, Priority.THUMB, "thumbs/{id}", thumb.jpeg, sequenced=False))
         accepted = self.spool.accept(group)

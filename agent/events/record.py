@@ -8,16 +8,27 @@ record is published after an outage.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Final
 
 from agent.capture.base import Frame
 from agent.clock import Clock, rfc3339
+from agent.events.types import (
+    CameraFields,
+    ClockStamp,
+    EventBody,
+    EventContext,
+    EventPriority,
+    EventType,
+    ModelInfo,
+    RuleFields,
+    UpdateFields,
+)
 from agent.track import Box, Track
 
-SCHEMA_ID = "vigil.event/1"
+SCHEMA_ID: Final = "vigil.event/1"
 
-ContextProvider = Callable[[], dict[str, Any]]
+ContextProvider = Callable[[], EventContext]
 
 
 def normalise(box: Box, width: int, height: int) -> list[float]:
@@ -34,7 +45,7 @@ def normalise(box: Box, width: int, height: int) -> list[float]:
 class EventFactory:
     """Builds event bodies; context providers (GNSS, link state) add their fields to every event."""
 
-    def __init__(self, node_id: str, clock: Clock, model_info: Callable[[], dict[str, str]]) -> None:
+    def __init__(self, node_id: str, clock: Clock, model_info: Callable[[], Mapping[str, str]]) -> None:
         self.node_id = node_id
         self.clock = clock
         self.model_info = model_info
@@ -56,36 +67,46 @@ class EventFactory:
     def add_context(self, provider: ContextProvider) -> None:
         self.providers.append(provider)
 
-    def base(self, kind: str, frame: Frame | None, *, priority: str = "normal") -> dict[str, Any]:
+    def base(self, kind: EventType, frame: Frame | None, *, priority: EventPriority = "normal") -> EventBody:
         """Fields every event carries, whatever produced it."""
         if frame is not None:
             self.see(frame)
         mono = self.mono_for(frame.t) if frame is not None else time.monotonic()
-        clock = self.clock.state()
-        body: dict[str, Any] = {
+        state = self.clock.state()
+        clock: ClockStamp = {
+            "source": state.source,
+            "trusted": state.trusted,
+            "boot": self.clock.boot_id,
+            "mono": round(mono, 3),
+        }
+        body: EventBody = {
             "schema": SCHEMA_ID,
             "node": self.node_id,
             "type": kind,
             "priority": priority,
             "ts": rfc3339(self.clock.wall_at(mono)),
-            "clock": {**clock.as_dict(), "boot": self.clock.boot_id, "mono": round(mono, 3)},
-            "model": self.model_info(),
+            "clock": clock,
+            "model": model_fields(self.model_info()),
             "thumb": None,
             "location": None,
         }
         for provider in self.providers:
-            body.update(provider())
+            context = provider()
+            if "location" in context:
+                body["location"] = context["location"]
+            if "link" in context:
+                body["link"] = context["link"]
         return body
 
     def from_track(
         self,
-        kind: str,
+        kind: EventType,
         track: Track,
         frame: Frame,
         *,
-        priority: str = "normal",
-        extra: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+        priority: EventPriority = "normal",
+        extra: RuleFields | None = None,
+    ) -> EventBody:
         h, w = frame.image.shape[:2]
         body = self.base(kind, frame, priority=priority)
         body.update(
@@ -101,5 +122,46 @@ class EventFactory:
         if kind == "object_left":
             body["duration_s"] = round(track.last_seen - track.first_seen, 2)
         if extra:
-            body.update(extra)
+            add_rule_fields(body, extra)
         return body
+
+
+def add_rule_fields(body: EventBody, fields: RuleFields) -> None:
+    """A rule's fields on its event, in the order `fields` has them (agent.rules.dispatch.rule_fields)."""
+    body["rule"] = fields["rule"]
+    body["zone"] = fields["zone"]
+    if "duration_s" in fields:
+        body["duration_s"] = fields["duration_s"]
+    if "direction" in fields:
+        body["direction"] = fields["direction"]
+    if "count" in fields:
+        body["count"] = fields["count"]
+
+
+def add_camera_fields(body: EventBody, fields: CameraFields) -> None:
+    """A camera health event's fields (agent.health.camera), in that order."""
+    body["reason"] = fields["reason"]
+    if "flaps" in fields:
+        body["flaps"] = fields["flaps"]
+    if "duration_s" in fields:
+        body["duration_s"] = fields["duration_s"]
+
+
+def add_update_fields(body: EventBody, fields: UpdateFields) -> None:
+    """An agent_updated / agent_update_failed event's fields (agent.update.stage), in that order."""
+    if "reason" in fields:
+        body["reason"] = fields["reason"]
+    if "from_version" in fields:
+        body["from_version"] = fields["from_version"]
+    if "to_version" in fields:
+        body["to_version"] = fields["to_version"]
+
+
+def model_fields(info: Mapping[str, str]) -> ModelInfo:
+    """The `model` object from a detector's info (name and sha256; Detector.info())."""
+    model: ModelInfo = {}
+    if "name" in info:
+        model["name"] = info["name"]
+    if "sha256" in info:
+        model["sha256"] = info["sha256"]
+    return model

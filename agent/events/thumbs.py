@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Protocol
 import cv2
 import numpy as np
 
+from agent.events.types import ThumbMeta
+
 if TYPE_CHECKING:
     from agent.capture.base import Frame
 
@@ -33,7 +35,7 @@ class Thumbnail:
     def sha256(self) -> str:
         return hashlib.sha256(self.jpeg).hexdigest()
 
-    def meta(self) -> dict[str, object]:
+    def meta(self) -> ThumbMeta:
         return {
             "sha256": self.sha256,
             "bytes": len(self.jpeg),

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from agent.events.types import EventBody
+
 SCHEMA_V1 = "vigil.event/1"
 SCHEMA_V1_1 = "vigil.event/1.1"
 Revision = Literal["1", "1.1"]
@@ -33,8 +35,11 @@ def schema_id(revision: Revision) -> str:
     return SCHEMA_V1 if revision == "1" else SCHEMA_V1_1
 
 
-def compact(body: dict[str, Any]) -> dict[str, Any]:
-    """The 1.1 form of a complete event body (before the spool adds `id` and `seq`)."""
+def compact(body: EventBody) -> dict[str, Any]:
+    """The 1.1 form of a complete event body (before the spool adds `id` and `seq`).
+
+    A plain dict, not a TypedDict: 1.1 leaves out fields EventBody requires (node, priority, thumb,
+    location, clock.trusted) whenever their value is the documented default, key by key."""
     out: dict[str, Any] = {"schema": SCHEMA_V1_1}
     for key, value in body.items():
         if key in ("schema", "node") or (key in OMITTED_WHEN and value == OMITTED_WHEN[key]):
@@ -52,7 +57,7 @@ def compact(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def for_wire(body: dict[str, Any], revision: Revision) -> dict[str, Any]:
+def for_wire(body: EventBody, revision: Revision) -> dict[str, Any]:
     """The body to commit for the configured revision."""
     if revision == "1":
         return {**body, "schema": SCHEMA_V1}

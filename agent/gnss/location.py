@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol
+from typing import Protocol
 
+from agent.events.types import EventContext, Location
 from agent.gnss.fix import MODE_3D, Fix
 
 
@@ -26,7 +27,7 @@ class LocationProvider:
         self.gnss = gnss
         self.max_age_s = max_age_s
 
-    def location(self, now_mono: float | None = None) -> dict[str, Any] | None:
+    def location(self, now_mono: float | None = None) -> Location | None:
         now = time.monotonic() if now_mono is None else now_mono
         fix = self.gnss.last_position() if self.gnss is not None else None
         if fix is not None and fix.lat is not None and fix.lon is not None:
@@ -44,5 +45,5 @@ class LocationProvider:
             return {"lat": lat, "lon": lon, "mode": "static", "hdop": None, "age_s": None}
         return None
 
-    def __call__(self) -> dict[str, Any]:
+    def __call__(self) -> EventContext:
         return {"location": self.location()}

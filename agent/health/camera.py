@@ -29,7 +29,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -37,12 +37,17 @@ from agent.capture.base import Frame
 from agent.capture.stage import CONNECTING, RECONNECTING, STREAMING, CaptureSnapshot
 from agent.config.control import HealthConfig
 from agent.detect import Detection
-from agent.events import EventEmitter, EventFactory
+from agent.events import CameraFields, EventEmitter, EventFactory, Flaps
+from agent.events.record import add_camera_fields
 from agent.track import Tracker
 
 log = logging.getLogger(__name__)
 
 PROBLEM_ORDER = ("lost", "stalled", "frozen")  # which one the state names when several hold
+
+CameraEvent = Literal["camera_lost", "camera_recovered", "camera_unstable", "camera_stable"]
+# An event to send, or None: the state changed without one (the listeners are told all the same).
+Change = tuple[CameraEvent, CameraFields] | None
 
 
 def frame_signature(image: np.ndarray) -> int:
@@ -120,7 +125,7 @@ class CameraHealth:
         """From the health thread, about once a second and whenever the capture stage changes state."""
         snap = self.capture.snapshot()
         now = self._mono()
-        out: list[tuple[str, dict[str, Any]]] = []
+        out: list[Change] = []
         with self._lock:
             self._snapshot = snap
             self._count_drops(snap, now, out)
@@ -129,7 +134,7 @@ class CameraHealth:
             self._down_seen = snap.down_s
         self._apply(out)
 
-    def _count_drops(self, snap: CaptureSnapshot, now: float, out: list[tuple[str, dict[str, Any]]]) -> None:
+    def _count_drops(self, snap: CaptureSnapshot, now: float, out: list[Change]) -> None:
         new = snap.drops - self._drops_seen
         self._drops_seen = snap.drops
         if new <= 0:
@@ -148,12 +153,12 @@ class CameraHealth:
             self.reported = "unstable"
         window = now - first_drop
         reason = f"the stream dropped {len(self._recent)} times in {window:.0f}s"
-        flaps = {"drops": len(self._recent), "window_s": round(window, 1),
-                 "down_s": round(snap.down_s - down_base, 1)}
+        flaps: Flaps = {"drops": len(self._recent), "window_s": round(window, 1),
+                        "down_s": round(snap.down_s - down_base, 1)}
         out.append(("camera_unstable", {"reason": reason, "flaps": flaps}))
         log.error("camera unstable: %s", reason)
 
-    def _judge_stream(self, snap: CaptureSnapshot, now: float, out: list[tuple[str, dict[str, Any]]]) -> None:
+    def _judge_stream(self, snap: CaptureSnapshot, now: float, out: list[Change]) -> None:
         if snap.state in (CONNECTING, RECONNECTING):
             self._calm_since = now
             last = snap.last_frame_mono if snap.last_frame_mono is not None else snap.since
@@ -169,7 +174,7 @@ class CameraHealth:
             out += self._clear_locked("lost", "frames flowing again")
         if self.reported == CONNECTING and not self.problems:
             self.reported = "unstable" if self.episode else "ok"  # the first frames: worth a status update
-            out.append(("", {}))
+            out.append(None)
         if not snap.live or snap.last_frame_mono is None:
             return
         silent = now - snap.last_frame_mono
@@ -179,7 +184,7 @@ class CameraHealth:
         elif "stalled" in self.problems:
             out += self._clear_locked("stalled", "frames flowing again")
 
-    def _judge_stability(self, snap: CaptureSnapshot, now: float, out: list[tuple[str, dict[str, Any]]]) -> None:
+    def _judge_stability(self, snap: CaptureSnapshot, now: float, out: list[Change]) -> None:
         if self.problems:
             self._calm_since = now
         episode = self.episode
@@ -190,65 +195,66 @@ class CameraHealth:
         self.episode = None
         self._recent.clear()
         self.reported = "ok"
-        flaps = {"drops": episode.drops, "down_s": round(snap.down_s - episode.down_base, 1)}
+        flaps: Flaps = {"drops": episode.drops, "down_s": round(snap.down_s - episode.down_base, 1)}
         reason = f"no drop for {self.cfg.stable_after_s:g}s after {episode.drops} drops"
         out.append(("camera_stable", {"reason": reason, "flaps": flaps,
                                       "duration_s": round(now - episode.since, 2)}))
         log.warning("camera stable: %s", reason)
 
     # -- state changes (called with the lock held; events are sent after it is released) -----------
-    def _set_locked(self, kind: str, reason: str, began: float) -> list[tuple[str, dict[str, Any]]]:
+    def _set_locked(self, kind: str, reason: str, began: float) -> list[Change]:
         if kind in self.problems:
             self.problems[kind] = reason  # keep the newest reason (attempts, silence) for the status
             return []
         self.problems[kind] = reason
         if self.lost_open:  # away again before an unstable camera held: its camera_lost is still open
             self.reported = next(k for k in PROBLEM_ORDER if k in self.problems)
-            return [("", {})]
+            return [None]
         self.lost_open, self.since = True, began
         self.reported = kind
         log.error("camera %s: %s", kind, reason)
         return [("camera_lost", {"reason": f"{kind}: {reason}"})]
 
-    def _clear_locked(self, kind: str, reason: str) -> list[tuple[str, dict[str, Any]]]:
+    def _clear_locked(self, kind: str, reason: str) -> list[Change]:
         if self.problems.pop(kind, None) is None:
             return []
         if self.problems or not self.lost_open:
             if self.lost_open:
                 self.reported = next(k for k in PROBLEM_ORDER if k in self.problems)
-            return [("", {})]
+            return [None]
         if self.episode is not None:
             self.reported = "unstable"  # camera_recovered waits until it holds (see camera_stable)
             log.info("camera back, but unstable: camera_recovered waits until it holds")
-            return [("", {})]
+            return [None]
         return self._recovered_locked(reason, self._mono())
 
-    def _recovered_locked(self, reason: str, now: float) -> list[tuple[str, dict[str, Any]]]:
+    def _recovered_locked(self, reason: str, now: float) -> list[Change]:
         down_s = now - self.since if self.since is not None else 0.0
         self.lost_open, self.since = False, None
         self.reported = "unstable" if self.episode else "ok"
         log.warning("camera recovered after %.0fs: %s", down_s, reason)
         return [("camera_recovered", {"reason": reason, "duration_s": round(down_s, 2)})]
 
-    def _set(self, kind: str, reason: str, began: float) -> list[tuple[str, dict[str, Any]]]:
+    def _set(self, kind: str, reason: str, began: float) -> list[Change]:
         with self._lock:
             if kind not in self.problems:
                 self._calm_since = self._mono()
             return self._set_locked(kind, reason, began)
 
-    def _clear(self, kind: str, reason: str) -> list[tuple[str, dict[str, Any]]]:
+    def _clear(self, kind: str, reason: str) -> list[Change]:
         with self._lock:
             return self._clear_locked(kind, reason)
 
-    def _apply(self, out: list[tuple[str, dict[str, Any]]]) -> None:
+    def _apply(self, out: list[Change]) -> None:
         """Send the events (critical: they go first and are evicted last), then tell the listeners."""
         if not out:
             return
-        for kind, fields in out:
-            if not kind:
+        for change in out:
+            if change is None:
                 continue
+            kind, fields = change
             body = self.factory.base(kind, None, priority="critical")
-            body.update(fields)
+            add_camera_fields(body, fields)
             self.counts[kind] += 1
             if not self.emitter.emit(body):
                 log.error("%s event could not be queued", kind)

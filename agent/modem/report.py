@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.config.modem import ModemConfig
+from agent.events.types import LinkSignal, LinkState
 from agent.modem.ladder import RecoveryLadder
+from agent.modem.parse import Signal
 from agent.modem.port import ModemPort
 from agent.modem.sample import LinkSample
 from agent.modem.setup import ModemSetup, SetupFacts
@@ -112,14 +114,14 @@ def status_report(
     return status
 
 
-def link_context(sample: LinkSample, state: str, modemmanager: dict[str, Any] | None) -> dict[str, Any]:
+def link_context(sample: LinkSample, state: str, modemmanager: dict[str, Any] | None) -> LinkState:
     """The `link` object of every event: registration (or the reason there is none), technology,
     operator, signal."""
     reg = sample.registration[1]
     registration = reg.state if reg is not None and sample.port == "open" else state
     if state in _PROBLEM_STATES:
         registration = state
-    signal = {k: v for k, v in sample.signal.as_dict().items() if v is not None and k != "csq"}
+    signal = link_signal(sample.signal)
     view = modemmanager or {}
     return {
         "registration": registration,
@@ -127,6 +129,21 @@ def link_context(sample: LinkSample, state: str, modemmanager: dict[str, Any] | 
         "operator": sample.operator or view.get("operator"),
         "signal": signal or None,
     }
+
+
+def link_signal(signal: Signal) -> LinkSignal:
+    """`link.signal`: the known values under the names Signal.as_dict() gives them, without `csq`
+    (rssi_dbm says the same, in units an operator reads)."""
+    out: LinkSignal = {}
+    if signal.rssi_dbm is not None:
+        out["rssi_dbm"] = signal.rssi_dbm
+    if signal.rsrp is not None:
+        out["rsrp_dbm"] = signal.rsrp
+    if signal.rsrq is not None:
+        out["rsrq_db"] = signal.rsrq
+    if signal.sinr is not None:
+        out["sinr_db"] = signal.sinr
+    return out
 
 
 class PublishedLink:
@@ -212,7 +229,7 @@ class PublishedLink:
                 now=now,
             )
 
-    def link_context(self) -> dict[str, Any]:
+    def link_context(self) -> LinkState:
         with self.lock:
             return link_context(self._sample, self.state(self._sample)[0], self._modemmanager)
 

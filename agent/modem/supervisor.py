@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from agent.config.modem import ModemConfig
+from agent.events.types import LinkState
 from agent.lifecycle import BackgroundLoop, remaining
 from agent.modem.at import AtError, AtTimeout, PortClosed, SerialLike
 from agent.modem.ladder import LadderPolicy, RecoveryLadder, RecoveryStep, StepOutcome
@@ -377,6 +378,6 @@ class LinkSupervisor:
         """The link as telemetry and `agent modem status` show it (JSON-ready, a copy)."""
         return self.link.status()
 
-    def link_context(self) -> dict[str, Any]:
+    def link_context(self) -> LinkState:
         """The `link` object of every event: registration, technology, operator, signal."""
         return self.link.link_context()

@@ -15,16 +15,30 @@ from functools import partial
 from typing import Any, Protocol
 
 from agent.capture.base import Frame
-from agent.events.record import EventFactory, normalise
+from agent.events.record import EventFactory, add_rule_fields, normalise
 from agent.events.thumbs import LabelledBox, NormBox, Thumbnail, Thumbnailer
+from agent.events.types import EventBody, RuleFields
 from agent.rules.firing import Firing, region_union
 from agent.rules.geometry import PixelBox
 from agent.track import Track
 
 log = logging.getLogger(__name__)
 
-EmitFn = Callable[[dict[str, Any], Thumbnail | None], bool]
+EmitFn = Callable[[EventBody, Thumbnail | None], bool]
 REGION_THUMB_MAX_SHARE = 0.5  # a crop bigger than this share of the frame is not a thumbnail any more
+
+
+def rule_fields(firing: Firing) -> RuleFields:
+    """The fields a firing adds to its event, in the order they appear in the record (here, not on
+    `Firing`: the deciding modules know nothing of events)."""
+    fields: RuleFields = {"rule": firing.rule, "zone": firing.target}
+    if firing.duration_s is not None:
+        fields["duration_s"] = firing.duration_s
+    if firing.direction is not None:
+        fields["direction"] = firing.direction
+    if firing.count is not None:
+        fields["count"] = firing.count
+    return fields
 
 
 class Pulser(Protocol):
@@ -124,12 +138,12 @@ class RuleDispatcher:
         box: NormBox | None = None
         if firing.track is not None:
             body = self._factory.from_track(
-                firing.kind, firing.track.as_track(), frame, priority=priority, extra=firing.event_fields()
+                firing.kind, firing.track.as_track(), frame, priority=priority, extra=rule_fields(firing)
             )
             box = _norm(firing.track.box, w, h)
         else:
             body = self._factory.base(firing.kind, frame, priority=priority)
-            body.update(firing.event_fields())
+            add_rule_fields(body, rule_fields(firing))
             union = region_union(firing.region)
             if union is not None:
                 box = _norm(union, w, h)

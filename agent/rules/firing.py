@@ -110,17 +110,6 @@ class Firing:
     def track_id(self) -> int | None:
         return self.track.track_id if self.track is not None else None
 
-    def event_fields(self) -> dict[str, object]:
-        """The fields this firing adds to its event, in the order they appear in the record."""
-        fields: dict[str, object] = {"rule": self.rule, "zone": self.target}
-        if self.duration_s is not None:
-            fields["duration_s"] = self.duration_s
-        if self.direction is not None:
-            fields["direction"] = self.direction
-        if self.count is not None:
-            fields["count"] = self.count
-        return fields
-
 
 def region_union(region: Sequence[PixelBox]) -> PixelBox | None:
     """The box around a group of boxes (a crowding event's `bbox`); None for no boxes."""

@@ -25,6 +25,7 @@ from agent.update import slots
 
 if TYPE_CHECKING:
     from agent.app import Agent, Running
+    from agent.events import EventPriority, EventType, UpdateFields
     from agent.privacy import AuditLog
     from agent.services import Host
 
@@ -77,9 +78,11 @@ class UpdateStage:
         except (OSError, slots.SlotError):
             return False
 
-    def _event(self, kind: str, priority: str, fields: dict[str, Any]) -> None:
+    def _event(self, kind: EventType, priority: EventPriority, fields: UpdateFields) -> None:
+        from agent.events.record import add_update_fields
+
         body = self.running.factory.base(kind, None, priority=priority)
-        body.update(fields)
+        add_update_fields(body, fields)
         if not self.running.pipeline.emitter.emit(body):
             log.error("%s event could not be queued", kind)
 
