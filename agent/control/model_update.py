@@ -34,7 +34,7 @@ from agent.control.jobs import BackgroundCommand, Cancelled
 from agent.control.live import apply_detect
 from agent.control.protocol import CommandError
 from agent.detect import CardError, Detection, Detector
-from agent.detect.card import card_path_for, parse_card
+from agent.detect.card import ModelInfo, card_path_for, parse_card
 from agent.detect.detector import detector_from_config
 from agent.fetch import FetchError, FetchPolicy, sha256_file
 from agent.urls import hide_userinfo
@@ -95,7 +95,7 @@ class ProbationDetector(Detector):
     def score_threshold(self) -> Any:
         return getattr(self.inner, "score_threshold", None)
 
-    def info(self) -> dict[str, str]:
+    def info(self) -> ModelInfo:
         return self.inner.info()
 
 

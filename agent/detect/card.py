@@ -9,12 +9,19 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agent.fetch import sha256_file
 
+
+class ModelInfo(TypedDict, total=False):
+    """A model's identity as events, replies and the audit log carry it (Detector.info()); the
+    `model` object of schema/event-v1.json."""
+
+    name: str
+    sha256: str
 
 class CardError(Exception):
     """The model or its card cannot be used; the message says which and why."""

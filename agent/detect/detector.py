@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from agent.config.schema import ROAD_USERS, DetectConfig
-from agent.detect.card import CardError, ModelCard
+from agent.detect.card import CardError, ModelCard, ModelInfo
 from agent.detect.decoders import DECODERS, nms
 from agent.detect.manifest import find_card
 from agent.detect.preprocess import InputWriter, Letterbox
@@ -51,7 +51,7 @@ class Detector(abc.ABC):
     def name(self) -> str:
         return self.card.name
 
-    def info(self) -> dict[str, str]:
+    def info(self) -> ModelInfo:
         return {"name": self.card.name, "sha256": self.sha256}
 
 

@@ -8,7 +8,7 @@ record is published after an outage.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Final
 
 from agent.capture.base import Frame
@@ -45,7 +45,7 @@ def normalise(box: Box, width: int, height: int) -> list[float]:
 class EventFactory:
     """Builds event bodies; context providers (GNSS, link state) add their fields to every event."""
 
-    def __init__(self, node_id: str, clock: Clock, model_info: Callable[[], Mapping[str, str]]) -> None:
+    def __init__(self, node_id: str, clock: Clock, model_info: Callable[[], ModelInfo]) -> None:
         self.node_id = node_id
         self.clock = clock
         self.model_info = model_info
@@ -86,7 +86,7 @@ class EventFactory:
             "priority": priority,
             "ts": rfc3339(self.clock.wall_at(mono)),
             "clock": clock,
-            "model": model_fields(self.model_info()),
+            "model": self.model_info().copy(),  # the detector's, not shared with it
             "thumb": None,
             "location": None,
         }
@@ -155,13 +155,3 @@ def add_update_fields(body: EventBody, fields: UpdateFields) -> None:
         body["from_version"] = fields["from_version"]
     if "to_version" in fields:
         body["to_version"] = fields["to_version"]
-
-
-def model_fields(info: Mapping[str, str]) -> ModelInfo:
-    """The `model` object from a detector's info (name and sha256; Detector.info())."""
-    model: ModelInfo = {}
-    if "name" in info:
-        model["name"] = info["name"]
-    if "sha256" in info:
-        model["sha256"] = info["sha256"]
-    return model

@@ -16,6 +16,7 @@ fields this type requires; it is built generically from an `EventBody` and stays
 from typing import Literal, NotRequired, TypedDict
 
 from agent.clock import ClockSource
+from agent.detect.card import ModelInfo as ModelInfo  # the event's `model`: what Detector.info() says
 
 EventType = Literal[
     "object_appeared", "object_left",
@@ -35,13 +36,6 @@ class ClockStamp(TypedDict):
     trusted: bool
     boot: NotRequired[str]
     mono: NotRequired[float]
-
-
-class ModelInfo(TypedDict, total=False):
-    """`model`: the detector that saw the object."""
-
-    name: str
-    sha256: str
 
 
 class ThumbMeta(TypedDict):

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from agent import models
-from agent.detect.card import CardError, ModelCard
+from agent.detect.card import CardError, ModelCard, ModelInfo
 from agent.detect.decoders import DECODERS, nms
 from agent.detect.detector import open_session
 from agent.detect.manifest import find_card
@@ -86,7 +86,7 @@ class FaceDetector:
         self._decode = DECODERS["centerface"]
         self.runs = 0
 
-    def info(self) -> dict[str, str]:
+    def info(self) -> ModelInfo:
         return {"name": self.card.name, "sha256": self.sha256}
 
     def detect(self, image: np.ndarray) -> list[FaceBox]:
