@@ -297,6 +297,18 @@ def rows_uplink(r: dict[str, Any]) -> list[Row]:
             ratio_text,
             "≥ 0.8",
         ),
+        *(
+            [
+                (
+                    "",
+                    "… bare paho fed by a second thread in the publisher's windows (the thread layout alone)",
+                    _spread(drain["ratio_fed_to_bare"]),
+                    "",
+                )
+            ]
+            if "ratio_fed_to_bare" in drain
+            else []
+        ),
         (
             "",
             "metadata latency under a 2 kB/s link with a backlog, p50 / p95",
