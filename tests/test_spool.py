@@ -340,6 +340,82 @@ def test_a_damaged_header_keeps_the_commits_after_it(spool_path):
         assert spool.stats()["classes"]["event"]["depth"] == 20
 
 
+def sent_fields(record) -> tuple:
+    """What the publisher uses of a record."""
+    return (record.rowid, record.id, record.stream, record.seq, record.priority, record.topic,
+            record.payload, record.retain, record.accepted_uptime, record.is_json)  # fmt: skip
+
+
+def read_back(spool) -> dict:
+    return spool.status()["read_back"]
+
+
+def test_the_newest_records_reach_the_publisher_from_memory_as_they_are_on_disk(spool_path):
+    with Spool(spool_path) as spool:
+        for n in range(30):
+            spool.accept(with_thumb(n, 3000))
+        spool.flush()
+        from_memory = spool.next_records(100)
+        assert read_back(spool)["from_memory"] == 60 and read_back(spool)["from_disk"] == 0
+    with Spool(spool_path) as spool:  # a restart: nothing in memory, all of it read back and checked
+        from_disk = spool.next_records(100)
+        assert read_back(spool)["from_disk"] == 60
+    assert [sent_fields(r) for r in from_memory] == [sent_fields(r) for r in from_disk]
+
+
+def test_memory_for_the_newest_records_is_bounded_and_the_rest_is_read_from_disk(spool_path):
+    from agent.uplink.spool.recent import DEFAULT_MAX_BYTES
+
+    size = 64 * 1024
+    count = 2 * DEFAULT_MAX_BYTES // size  # twice what memory keeps
+    with Spool(spool_path, limits=SpoolLimits(budget_bytes=64 * 1024 * 1024)) as spool:
+        for n in range(count):
+            spool.accept(with_thumb(n, size))
+            if n % 8 == 7:
+                spool.flush()
+        spool.flush()
+        assert read_back(spool)["kept_bytes"] <= DEFAULT_MAX_BYTES
+        thumbs = [r for r in spool.next_records(2 * count) if r.stream == "thumbs"]
+        assert len(thumbs) == count
+        counts = read_back(spool)
+        assert counts["from_disk"] >= count // 2 and counts["from_memory"] >= count // 4
+
+
+def test_an_acknowledged_record_leaves_memory_too(spool_path):
+    with Spool(spool_path) as spool:
+        for n in range(5):
+            spool.accept(with_thumb(n, 50_000))
+        spool.flush()
+        kept = read_back(spool)["kept_bytes"]
+        records = spool.next_records(10)
+        spool.ack(r.rowid for r in records if r.stream == "thumbs")
+        assert read_back(spool)["kept_bytes"] <= kept - 5 * 50_000
+
+
+def test_a_record_damaged_on_disk_is_still_caught_when_it_is_read_back(spool_path):
+    """Records older than what memory keeps come from disk, where their checksum is checked: damage
+    is counted and skipped, the others go out."""
+    from agent.uplink.spool.recent import DEFAULT_MAX_BYTES
+
+    size = 256 * 1024
+    first = event(0)[0].body
+    with Spool(spool_path, limits=SpoolLimits(budget_bytes=128 * 1024 * 1024)) as spool:
+        spool.accept(event(0))
+        spool.flush()
+        for n in range(1, 2 * DEFAULT_MAX_BYTES // size):  # pushes the first event out of memory
+            spool.accept([Outgoing("telemetry", Priority.TELEMETRY, "telemetry", {"n": n, "pad": "x" * size})])
+            spool.flush()
+        oldest = segments(spool_path)[0]
+        at = oldest.read_bytes().find(json.dumps(first["type"]).encode())
+        assert at > 0
+        with oldest.open("r+b") as f:  # one byte of the first event's payload, after its commit
+            f.seek(at + 1)
+            f.write(b"X")
+        records = spool.next_records(1, max_priority=Priority.EVENT)
+        assert records == []
+        assert spool.stats()["classes"]["event"]["drops"]["damaged"]["count"] == 1
+
+
 def test_accept_never_waits_for_the_disk(spool_path, monkeypatch):
     """A stuck disk (an fdatasync that does not return) must not block the producer; overflow sheds
     low priority first."""

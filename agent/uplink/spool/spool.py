@@ -110,8 +110,14 @@ class Spool:
         self._store.close()
 
     def status(self) -> dict[str, Any]:
-        """Cheap liveness (stats() reads the store): is the committer running, how many passes."""
-        return {"committer": self._loop.alive(), "generation": self._generation}
+        """Cheap liveness (stats() reads the store): is the committer running, how many passes, and
+        how many records the publisher got from memory rather than reading them back from disk."""
+        recent = self._store.recent
+        return {
+            "committer": self._loop.alive(),
+            "generation": self._generation,
+            "read_back": {"from_memory": recent.hits, "from_disk": recent.misses, "kept_bytes": recent.bytes},
+        }
 
     def __enter__(self) -> Spool:
         return self.start()

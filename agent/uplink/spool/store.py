@@ -18,6 +18,7 @@ from agent.ids import new_id
 from agent.uplink.spool import codec, migrate, policy
 from agent.uplink.spool.index import Live, LiveIndex
 from agent.uplink.spool.policy import SpoolLimits
+from agent.uplink.spool.recent import RecentRecords
 from agent.uplink.spool.records import Outgoing, Priority, Record, encode_json
 from agent.uplink.spool.segments import SegmentLog
 from agent.uplink.spool.state import SpoolState, replay
@@ -70,6 +71,7 @@ class SpoolStore:
         self.recovered_from: Path | None = None
         self.commits = 0
         self._last_clock_write = 0.0
+        self.recent = RecentRecords()  # what was just committed, so the publisher need not read it back
 
     @property
     def index(self) -> LiveIndex:
@@ -88,6 +90,7 @@ class SpoolStore:
         """Read the segments back, start the uptime clock where it stopped, take in what an older
         spool or a damaged segment still holds, and make sure there is an active segment."""
         opened = self._log.open()
+        self.recent.clear()
         self.state = replay(opened.groups)
         if self.state.created_wall is None:
             self.state.created_wall = self._wall()
@@ -208,6 +211,7 @@ class SpoolStore:
         were still waiting."""
         gone = []
         with self.lock:
+            self.recent.discard(rowids)
             for rowid in rowids:
                 live = self.index.remove(rowid)
                 if live is None:
@@ -303,8 +307,10 @@ class SpoolStore:
             state.next_rowid, state.seq = next_rowid, seqs
             state.meta.update(meta)
             self._retire_and_compact()
-        evicted = {v.rowid for v in victims}
-        return [r for r in records if r.rowid not in evicted]
+            evicted = {v.rowid for v in victims}
+            committed = [r for r in records if r.rowid not in evicted]
+            self.recent.add(committed)
+        return committed
 
     @staticmethod
     def _make_record(
@@ -436,9 +442,11 @@ class SpoolStore:
 
     # -- reading ------------------------------------------------------------------------------------
     def read(self, chosen: list[Live]) -> tuple[list[Record], list[int]]:
-        """Records back from disk, and the rowids of any that no longer check out."""
+        """The chosen records (the newest from memory, the others back from disk), and the rowids
+        of any that no longer check out on disk."""
+        kept = {lv.rowid: r for lv in chosen if (r := self.recent.get(lv.rowid)) is not None}
         spans: dict[int, bytes] = {}
-        ordered = sorted(chosen, key=lambda lv: (lv.segment, lv.offset))
+        ordered = sorted((lv for lv in chosen if lv.rowid not in kept), key=lambda lv: (lv.segment, lv.offset))
         run: list[Live] = []
         for live in [*ordered, None]:
             if run and (
@@ -460,6 +468,9 @@ class SpoolStore:
                 run.append(live)
         records, damaged = [], []
         for live in chosen:
+            if live.rowid in kept:
+                records.append(kept[live.rowid])
+                continue
             try:
                 records.append(self._decode(live, spans.get(live.rowid, b"")))
             except ValueError as exc:  # damaged since it was written: count it, go on
