@@ -29,7 +29,7 @@ from agent.events import (
     RuleFields,
     UpdateFields,
 )
-from agent.events.record import add_camera_fields, add_rule_fields, add_update_fields
+from agent.events.record import add_fields
 from agent.track import Track
 from tests.conftest import ROOT
 
@@ -196,15 +196,10 @@ def test_a_factory_body_has_exactly_the_fields_its_type_promises():
     assert list(body)[-3:] == ["rule", "zone", "duration_s"]  # a rule's fields come last, in its order
 
 
-@pytest.mark.parametrize(
-    ("part", "copy_onto"),
-    [(RuleFields, add_rule_fields), (CameraFields, add_camera_fields), (UpdateFields, add_update_fields)],
-)
-def test_each_field_group_is_copied_onto_the_body_whole_and_in_order(part: type, copy_onto: Any):
-    """The copiers name their fields one by one (a TypedDict cannot be merged into a wider one
-    without a cast): a field added to the group and forgotten in its copier fails here."""
+@pytest.mark.parametrize("part", [RuleFields, CameraFields, UpdateFields])
+def test_each_field_group_is_copied_onto_the_body_whole_and_in_order(part: type):
     body: dict[str, Any] = {"schema": "vigil.event/1", "type": "snapshot"}
     fields = {key: object() for key in get_type_hints(part)}
-    copy_onto(body, fields)
+    add_fields(body, fields)
     assert list(body)[2:] == list(fields)
     assert all(body[key] is value for key, value in fields.items())

@@ -38,7 +38,7 @@ from agent.capture.stage import CONNECTING, RECONNECTING, STREAMING, CaptureSnap
 from agent.config.control import HealthConfig
 from agent.detect import Detection
 from agent.events import CameraFields, EventEmitter, EventFactory, Flaps
-from agent.events.record import add_camera_fields
+from agent.events.record import add_fields
 from agent.track import Tracker
 
 log = logging.getLogger(__name__)
@@ -254,7 +254,7 @@ class CameraHealth:
                 continue
             kind, fields = change
             body = self.factory.base(kind, None, priority="critical")
-            add_camera_fields(body, fields)
+            add_fields(body, fields)
             self.counts[kind] += 1
             if not self.emitter.emit(body):
                 log.error("%s event could not be queued", kind)

@@ -15,7 +15,7 @@ from functools import partial
 from typing import Any, Protocol
 
 from agent.capture.base import Frame
-from agent.events.record import EventFactory, add_rule_fields, normalise
+from agent.events.record import EventFactory, add_fields, normalise
 from agent.events.thumbs import LabelledBox, NormBox, Thumbnail, Thumbnailer
 from agent.events.types import EventBody, RuleFields
 from agent.rules.firing import Firing, region_union
@@ -143,7 +143,7 @@ class RuleDispatcher:
             box = _norm(firing.track.box, w, h)
         else:
             body = self._factory.base(firing.kind, frame, priority=priority)
-            add_rule_fields(body, rule_fields(firing))
+            add_fields(body, rule_fields(firing))
             union = region_union(firing.region)
             if union is not None:
                 box = _norm(union, w, h)

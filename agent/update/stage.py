@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import agent as agent_pkg
+from agent.events.record import add_fields
 from agent.lifecycle import BackgroundLoop, resolve_deadline
 from agent.update import slots
 
@@ -79,10 +80,8 @@ class UpdateStage:
             return False
 
     def _event(self, kind: EventType, priority: EventPriority, fields: UpdateFields) -> None:
-        from agent.events.record import add_update_fields
-
         body = self.running.factory.base(kind, None, priority=priority)
-        add_update_fields(body, fields)
+        add_fields(body, fields)
         if not self.running.pipeline.emitter.emit(body):
             log.error("%s event could not be queued", kind)
 
