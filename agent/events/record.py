@@ -131,4 +131,3 @@ def add_fields(body: EventBody, fields: RuleFields | CameraFields | UpdateFields
     common ones and in the order `fields` has them. mypy will not merge a narrower TypedDict into a
     wider one; tests/test_event_types.py holds every group's keys and types to `EventBody`'s."""
     cast("dict[str, object]", body).update(fields)
-
