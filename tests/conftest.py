@@ -7,9 +7,12 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.brokers import Mosquitto
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VIGIL_SHARED", ROOT.parent / "shared")).resolve()
@@ -35,6 +38,27 @@ def event_validator():
     schema = json.loads((ROOT / "schema" / "event-v1.json").read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+
+
+def _mosquitto(folder: Path) -> Iterator[Mosquitto]:
+    running = Mosquitto(folder).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A real Mosquitto on a free port for one test (a file that needs another configuration, TLS or
+    persistence, defines its own `broker`)."""
+    yield from _mosquitto(tmp_path / "broker")
+
+
+@pytest.fixture(scope="module")
+def module_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """One real Mosquitto shared by a module's tests (for tests that leave it as they found it)."""
+    yield from _mosquitto(tmp_path_factory.mktemp("broker"))
 
 
 @pytest.fixture

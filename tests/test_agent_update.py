@@ -114,13 +114,6 @@ def events(operator: Operator, kind: str) -> list[dict]:
     return [e for e in operator.events() if e["type"] == kind]
 
 
-@pytest.fixture
-def broker(tmp_path):
-    b = Mosquitto(tmp_path / "broker").start()
-    yield b
-    b.stop()
-
-
 def test_upgrade_and_rollbacks_through_real_restarts(tmp_path, broker):
     releases = Releases(tmp_path / "releases")
     base, good = releases.build("1.0.0"), releases.build("1.1.0")

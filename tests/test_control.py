@@ -17,29 +17,21 @@ from agent.clock import rfc3339
 from agent.config.loader import redact_secrets
 from agent.control.protocol import CommandError, parse_request
 from tests.agent_harness import AgentHarness, Operator
-from tests.brokers import Mosquitto
 
 MASK = {"name": "garden", "polygon": [[0.0, 0.0], [0.3, 0.0], [0.3, 0.4], [0.0, 0.4]]}
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    b = Mosquitto(tmp_path_factory.mktemp("broker")).start()
-    yield b
-    b.stop()
-
-
-@pytest.fixture(scope="module")
-def node(broker, tmp_path_factory):
+def node(module_broker, tmp_path_factory):
     """One agent for the tests that leave it as they found it (or check only what they changed)."""
     state = tmp_path_factory.mktemp("node") / "state"
-    with AgentHarness(state, broker=broker.url, trusted_clock=True) as harness:
+    with AgentHarness(state, broker=module_broker.url, trusted_clock=True) as harness:
         yield harness
 
 
 @pytest.fixture(scope="module")
-def operator(broker, node):
-    op = Operator(broker.url)
+def operator(module_broker, node):
+    op = Operator(module_broker.url)
     yield op
     op.close()
 

@@ -9,14 +9,6 @@ import json
 import pytest
 
 from tests.agent_harness import AgentHarness, Operator
-from tests.brokers import Mosquitto
-
-
-@pytest.fixture
-def broker(tmp_path):
-    b = Mosquitto(tmp_path / "broker").start()
-    yield b
-    b.stop()
 
 
 def appeared(records: list[dict], *, after_seq: int = 0) -> list[dict]:

@@ -14,7 +14,6 @@ import pytest
 
 from agent.control.model_update import DOWNLOAD_FAILED as GENERIC
 from tests.agent_harness import AgentHarness, Operator
-from tests.brokers import Mosquitto
 from tests.conftest import DEFAULT_MODEL
 from tests.fileserver import FileServer
 
@@ -33,13 +32,6 @@ def sha(data: bytes) -> str:
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    b = Mosquitto(tmp_path_factory.mktemp("broker")).start()
-    yield b
-    b.stop()
-
-
-@pytest.fixture(scope="module")
 def files():
     server = FileServer()
     yield server
@@ -47,18 +39,18 @@ def files():
 
 
 @pytest.fixture(scope="module")
-def node(broker, tmp_path_factory):
+def node(module_broker, tmp_path_factory):
     state = tmp_path_factory.mktemp("node") / "state"
     config = {"control": {"model_probation_frames": 15, "model_probation_timeout_s": 60}}
-    with AgentHarness(state, broker=broker.url, config=config) as harness:
+    with AgentHarness(state, broker=module_broker.url, config=config) as harness:
         # the probation compares with what the running model found: let it find something first
         assert harness.wait_records(lambda rs: any(r.get("type") == "object_appeared" for r in rs), 30)
         yield harness
 
 
 @pytest.fixture(scope="module")
-def operator(broker, node):
-    op = Operator(broker.url)
+def operator(module_broker, node):
+    op = Operator(module_broker.url)
     yield op
     op.close()
 

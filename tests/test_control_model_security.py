@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.agent_harness import AgentHarness, Operator
-from tests.brokers import Mosquitto, free_port
+from tests.brokers import free_port
 from tests.fileserver import FileServer
 from tests.test_control_model import CARD, variant
 
@@ -86,13 +86,6 @@ class Redirector:
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path_factory.mktemp("broker")).start()
-    yield b
-    b.stop()
-
-
-@pytest.fixture(scope="module")
 def files() -> Iterator[FileServer]:
     server = FileServer()
     yield server
@@ -100,16 +93,16 @@ def files() -> Iterator[FileServer]:
 
 
 @pytest.fixture(scope="module")
-def node(broker, tmp_path_factory) -> Iterator[AgentHarness]:
+def node(module_broker, tmp_path_factory) -> Iterator[AgentHarness]:
     state = tmp_path_factory.mktemp("node") / "state"
     config = {"control": {"model_probation_frames": 5, "model_hosts": ["127.0.0.1"], "model_updates_max_mb": 2}}
-    with AgentHarness(state, broker=broker.url, config=config) as harness:
+    with AgentHarness(state, broker=module_broker.url, config=config) as harness:
         yield harness
 
 
 @pytest.fixture(scope="module")
-def operator(broker, node) -> Iterator[Operator]:
-    op = Operator(broker.url)
+def operator(module_broker, node) -> Iterator[Operator]:
+    op = Operator(module_broker.url)
     yield op
     op.close()
 
@@ -189,13 +182,13 @@ def test_partial_and_too_large_downloads_do_not_stay(node, operator, files):
     assert leftovers(node) == [], leftovers(node)
 
 
-def test_a_download_never_takes_the_spools_room(broker, files, tmp_path):
+def test_a_download_never_takes_the_spools_room(module_broker, files, tmp_path):
     """With the spool entitled to more than the disk has left, no byte of a download is written."""
     data = variant("no-room")
     files.files["no-room.onnx"] = data
     config = {"spool": {"budget_mb": 100_000_000}}  # the spool may grow past any free space
-    with AgentHarness(tmp_path / "state", broker=broker.url, config=config) as harness:
-        op = Operator(broker.url)
+    with AgentHarness(tmp_path / "state", broker=module_broker.url, config=config) as harness:
+        op = Operator(module_broker.url)
         try:
             reply = update(op, url=files.url_for("no-room.onnx"), sha256=sha(data))
         finally:

@@ -9,7 +9,6 @@ import pydantic
 import pytest
 
 from tests.agent_harness import AgentHarness, Operator
-from tests.brokers import Mosquitto
 
 NEW = {
     "events.thumbnails": False,
@@ -22,22 +21,15 @@ NEW = {
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    b = Mosquitto(tmp_path_factory.mktemp("broker")).start()
-    yield b
-    b.stop()
-
-
-@pytest.fixture(scope="module")
-def node(broker, tmp_path_factory):
+def node(module_broker, tmp_path_factory):
     state = tmp_path_factory.mktemp("node") / "state"
-    with AgentHarness(state, broker=broker.url, trusted_clock=True, config={"tamper": {"enabled": True}}) as h:
+    with AgentHarness(state, broker=module_broker.url, trusted_clock=True, config={"tamper": {"enabled": True}}) as h:
         yield h
 
 
 @pytest.fixture(scope="module")
-def operator(broker, node):
-    op = Operator(broker.url)
+def operator(module_broker, node):
+    op = Operator(module_broker.url)
     yield op
     op.close()
 

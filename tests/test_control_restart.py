@@ -9,19 +9,10 @@ import sys
 import time
 import uuid
 
-import pytest
-
 from agent.app import EXIT_RESTART
 from tests.agent_harness import Operator
 from tests.brokers import Mosquitto
 from tests.conftest import ROOT, agent_env
-
-
-@pytest.fixture
-def broker(tmp_path):
-    b = Mosquitto(tmp_path / "broker").start()
-    yield b
-    b.stop()
 
 
 def start_agent(broker: Mosquitto, state_dir) -> subprocess.Popen:

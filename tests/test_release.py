@@ -19,7 +19,6 @@ from agent.update import slots
 from agent.update.release import ReleaseError, Trusted, check_compatible, open_release
 from provisioning.cli import main as provision
 from tests.agent_harness import AgentHarness, Operator
-from tests.brokers import Mosquitto
 from tests.fileserver import FileServer
 from tests.releases import Releases, signed_by_another_key, tampered, unsigned
 
@@ -111,23 +110,16 @@ def test_the_checks_a_release_must_pass(releases, good, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    b = Mosquitto(tmp_path_factory.mktemp("broker")).start()
-    yield b
-    b.stop()
-
-
-@pytest.fixture(scope="module")
-def node(broker, releases, tmp_path_factory):
+def node(module_broker, releases, tmp_path_factory):
     folder = tmp_path_factory.mktemp("node")
     config = {"update": {"releases_dir": str(folder / "releases"), "public_key": str(releases.public_key)}}
-    with AgentHarness(folder / "state", broker=broker.url, config=config) as harness:
+    with AgentHarness(folder / "state", broker=module_broker.url, config=config) as harness:
         yield harness
 
 
 @pytest.fixture(scope="module")
-def operator(broker, node):
-    op = Operator(broker.url)
+def operator(module_broker, node):
+    op = Operator(module_broker.url)
     yield op
     op.close()
 

@@ -4,10 +4,7 @@ shipped detector, spool, publisher) and a real Mosquitto."""
 
 from __future__ import annotations
 
-import pytest
-
 from tests.agent_harness import AgentHarness, Operator
-from tests.brokers import Mosquitto
 
 RULES = {
     "warmup_s": 0,
@@ -25,13 +22,6 @@ RULES = {
         }
     ],
 }
-
-
-@pytest.fixture
-def broker(tmp_path):
-    b = Mosquitto(tmp_path / "broker").start()
-    yield b
-    b.stop()
 
 
 def test_a_rule_firing_in_the_agent_sends_its_event_pulses_its_output_and_gets_its_snapshot(

@@ -7,22 +7,13 @@ import json
 import os
 import stat
 
-import pytest
-
 from agent.health.stage import disclose as disclose_telemetry
 from agent.health.status import TELEMETRY_FIELDS
 from agent.health.system import SystemProbe, cpu_temperature_c, decode_throttled, read_throttled
 from agent.uplink.spool import Priority
 from agent.uplink.stage import disclose as disclose_status
 from tests.agent_harness import AgentHarness, Operator
-from tests.brokers import Collector, Mosquitto
-
-
-@pytest.fixture
-def broker(tmp_path):
-    b = Mosquitto(tmp_path / "broker").start()
-    yield b
-    b.stop()
+from tests.brokers import Collector
 
 
 def telemetry(operator: Operator) -> list[dict]:

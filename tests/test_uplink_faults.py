@@ -15,19 +15,12 @@ import sys
 import pytest
 
 from agent.uplink.mqtt.publisher import HANDED_OVER
-from tests.brokers import Collector, Mosquitto
+from tests.brokers import Collector
 from tests.conftest import ROOT, agent_env, read_events, run_agent
 from tests.delivery import assert_all_delivered
 
 KILL_CYCLES = int(os.environ.get("VIGIL_KILL_CYCLES", "50"))
 INFLIGHT = 20
-
-
-@pytest.fixture
-def broker(tmp_path):
-    b = Mosquitto(tmp_path / "broker").start()
-    yield b
-    b.stop()
 
 
 def test_kill_9_at_random_moments_loses_no_accepted_event(broker, tmp_path):

@@ -21,13 +21,6 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 
 @pytest.fixture
-def broker(tmp_path):
-    b = Mosquitto(tmp_path / "broker").start()
-    yield b
-    b.stop()
-
-
-@pytest.fixture
 def spool(tmp_path):
     s = Spool(tmp_path / "spool", limits=SpoolLimits(commit_interval_s=0.05)).start()
     yield s

@@ -34,13 +34,6 @@ BIG_THUMBNAILS = {
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path / "broker").start()
-    yield b
-    b.stop()
-
-
-@pytest.fixture
 def link(broker: Mosquitto) -> Iterator[LinkProxy]:
     proxy = LinkProxy(("127.0.0.1", broker.port)).start()
     yield proxy
