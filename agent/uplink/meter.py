@@ -60,14 +60,18 @@ class LinkMeter:
                     self._busy.append((self._busy_since, now))
                 self._busy_since = None
 
-    def acked(self, size: int, rtt_s: float, now: float | None = None) -> None:
+    def acked_all(self, settled: list[tuple[int, float]], now: float | None = None) -> None:
+        """PUBACKs that arrived together: (bytes, round trip in seconds) of each."""
+        if not settled:
+            return
         now = time.monotonic() if now is None else now
+        size = sum(s for s, _ in settled)
         with self._lock:
             self._acks.append((now, size))
             self._window_bytes += size
-            self.rtt_ms.append(rtt_s * 1000.0)
+            self.rtt_ms.extend(rtt_s * 1000.0 for _, rtt_s in settled)
             self.acked_bytes += size
-            self.acked_records += 1
+            self.acked_records += len(settled)
 
     def rate_bps(self, now: float | None = None) -> float | None:
         """Bytes per second over the busy part of the last window; None before any measurement."""
@@ -127,8 +131,9 @@ class ByteBudget:
                 self._day_start, self.spent_today = float(state["start"]), int(state["spent"])
 
     def _roll_day(self) -> None:
-        if self._uptime() - self._day_start >= 86400:
-            self._day_start = self._uptime()
+        now = self._uptime()
+        if now - self._day_start >= 86400:
+            self._day_start = now
             self.spent_today = 0
 
     def save(self) -> None:
@@ -144,11 +149,12 @@ class ByteBudget:
 
     def allows(self, size: int, critical: bool, metadata: bool) -> bool:
         """Whether a record of `size` bytes may go now (does not spend)."""
-        used = self.day_fraction()
-        if used >= 1.0 and not critical:
-            return False
-        if used >= 0.9 and not (critical or metadata):
-            return False
+        if self.per_day:
+            used = self.day_fraction()
+            if used >= 1.0 and not critical:
+                return False
+            if used >= 0.9 and not (critical or metadata):
+                return False
         if self.per_second:
             now = time.monotonic()
             self._tokens = min(

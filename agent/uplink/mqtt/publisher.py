@@ -49,7 +49,7 @@ READ_AHEAD = 64  # records read from the spool at once
 # wire unacknowledged): the next one goes out from paho's own thread the moment a PUBACK frees a slot,
 # instead of waiting for this thread to wake up. The byte allowance (two seconds of the measured link)
 # still bounds it, so a live event never queues long behind them.
-HANDED_OVER = 4
+HANDED_OVER = 8
 
 
 class MqttPublisher:
@@ -226,7 +226,10 @@ class MqttPublisher:
             backoff = min(backoff * 2, s.reconnect_max_s)
 
     def _connection(self) -> None:
-        session = Session(self.settings, will=self.status_payload("offline"), notify=self._wake.set)
+        handed_over = self.settings.inflight * HANDED_OVER
+        session = Session(  # woken when half of what it holds is acknowledged (see Session)
+            self.settings, will=self.status_payload("offline"), notify=self._wake.set, ack_batch=handed_over // 2
+        )
         try:
             session.open(self._stop)
         except ConnectionError:
@@ -236,7 +239,7 @@ class MqttPublisher:
         self.connected_since = time.monotonic()
         self.last_error = None
         log.info("uplink: connected to %s", self.broker)
-        window = PublishWindow(self.settings.inflight * HANDED_OVER, self.meter)
+        window = PublishWindow(handed_over, self.meter)
         self._session, self._window = session, window
         self._ahead.clear()
         try:
@@ -277,6 +280,7 @@ class MqttPublisher:
                 self._status_dirty.clear()
                 session.publish(f"{self.base}/status", self.status_payload("online"), retain=True)
             self._fill(session, window)
+            session.coalesce(len(window) > self.settings.inflight)  # a backlog: more than the wire takes
             if window.stalled(time.monotonic(), self.settings.keepalive_s):
                 log.warning("uplink: no PUBACK for too long; reconnecting")
                 session.abort("no PUBACK for too long")
@@ -317,10 +321,13 @@ class MqttPublisher:
     def _handle(self, session: Session, window: PublishWindow, pending_subs: dict[int, str]) -> None:
         events = session.take_events()
         now = time.monotonic()
-        delivered = [rowid for ack in events.acks if (rowid := self._settle(window, ack, now)) is not None]
-        if delivered:
-            self.spool.ack(delivered)  # one call for the lot: the spool deletes them with its next commit
-        if events.acks:
+        if events.acked:
+            delivered = self._settle(window, events.acked, now)
+            if delivered:
+                self.spool.ack(delivered)  # one call for the lot: the spool deletes them with its next commit
+        for ack in events.refused:
+            self._refused(window, ack, now)
+        if events.acked or events.refused:
             self.meter.busy(len(window), now)
         for mid, refused, reasons in events.subacks:
             suffix = pending_subs.pop(mid, None)
@@ -337,24 +344,27 @@ class MqttPublisher:
         for topic, payload in events.messages:
             self.router.deliver(topic, payload)
 
-    def _settle(self, window: PublishWindow, ack: Ack, now: float) -> int | None:
-        """Account one PUBACK; returns the rowid of a record it delivered."""
+    def _settle(self, window: PublishWindow, mids: list[int], now: float) -> list[int]:
+        """Account the PUBACKs that accepted `mids`; returns the rowids of the records they delivered
+        (a status message is not a record)."""
+        flights = window.settle_all(mids)
+        self.published += len(flights)
+        self.meter.acked_all([(f.size, now - f.sent) for f in flights], now)
+        return [f.record.rowid for f in flights]
+
+    def _refused(self, window: PublishWindow, ack: Ack, now: float) -> None:
+        """A PUBACK with a failure reason: retry later, or drop the record when it never can go."""
         flight = window.settle(ack.mid)
         if flight is None:
-            return None  # a status message
+            return  # a status message
         record = flight.record
-        if ack.failure and ack.code not in PERMANENT_REFUSALS:
+        if ack.code not in PERMANENT_REFUSALS:
             log.warning("uplink: broker did not take %s (%s); will retry", record.topic, ack.reason)
             window.cool_down(record.rowid, now)
-            return None
-        if ack.failure:
-            self.refused += 1
-            self.spool.drop(record.rowid, "refused_by_broker")
-            log.error("uplink: broker refused %s (%s); record dropped", record.topic, ack.reason)
-            return None
-        self.published += 1
-        self.meter.acked(flight.size, now - flight.sent, now)
-        return record.rowid
+            return
+        self.refused += 1
+        self.spool.drop(record.rowid, "refused_by_broker")
+        log.error("uplink: broker refused %s (%s); record dropped", record.topic, ack.reason)
 
     # -- sending -------------------------------------------------------------------------------------
     def _fill(self, session: Session, window: PublishWindow) -> None:

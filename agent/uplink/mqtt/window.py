@@ -13,7 +13,7 @@ RETRY_AFTER_S = 5.0  # a record the broker turned down for now waits this long b
 UNMEASURED_ALLOWANCE = 4096  # in flight before the link has been measured
 
 
-@dataclass
+@dataclass(slots=True)
 class InFlight:
     record: Record
     sent: float  # monotonic
@@ -68,6 +68,13 @@ class PublishWindow:
         if flight is not None:
             self.bytes -= flight.size
         return flight
+
+    def settle_all(self, mids: list[int]) -> list[InFlight]:
+        """PUBACKs for `mids` arrived: what they settled, in order (mids not ours are skipped)."""
+        pop = self.inflight.pop
+        flights = [flight for mid in mids if (flight := pop(mid, None)) is not None]
+        self.bytes -= sum(f.size for f in flights)
+        return flights
 
     def cool_down(self, rowid: int, now: float) -> None:
         self._cooling[rowid] = now + RETRY_AFTER_S

@@ -445,7 +445,7 @@ class SpoolStore:
         """The chosen records (the newest from memory, the others back from disk), and the rowids
         of any that no longer check out on disk."""
         kept = {lv.rowid: r for lv in chosen if (r := self.recent.get(lv.rowid)) is not None}
-        spans: dict[int, bytes] = {}
+        spans: dict[int, memoryview] = {}
         ordered = sorted((lv for lv in chosen if lv.rowid not in kept), key=lambda lv: (lv.segment, lv.offset))
         run: list[Live] = []
         for live in [*ordered, None]:
@@ -456,8 +456,10 @@ class SpoolStore:
             ):
                 first = run[0]
                 with contextlib.suppress(OSError):
-                    blob = self._log.segments[first.segment].read(
-                        first.offset, run[-1].offset + run[-1].length - first.offset
+                    blob = memoryview(  # slices of it are views: each record's bytes are copied once
+                        self._log.segments[first.segment].read(
+                            first.offset, run[-1].offset + run[-1].length - first.offset
+                        )
                     )
                     for member in run:
                         spans[member.rowid] = blob[
@@ -472,16 +474,15 @@ class SpoolStore:
                 records.append(kept[live.rowid])
                 continue
             try:
-                records.append(self._decode(live, spans.get(live.rowid, b"")))
+                records.append(self._decode(live, spans.get(live.rowid, memoryview(b""))))
             except ValueError as exc:  # damaged since it was written: count it, go on
                 log.error("spool: record %d cannot be read back (%s); dropping it", live.rowid, exc)
                 damaged.append(live.rowid)
         return records, damaged
 
     @staticmethod
-    def _decode(live: Live, raw: bytes) -> Record:
-        entry = codec.read_entry(raw)
-        fields = codec.decode_record(entry.body)
+    def _decode(live: Live, raw: memoryview) -> Record:
+        fields, payload = codec.read_record(raw)
         return Record(
             live.rowid,
             fields.id,
@@ -489,7 +490,7 @@ class SpoolStore:
             fields.seq,
             live.priority,
             fields.topic,
-            bytes(entry.body[fields.payload_at :]),
+            payload,
             fields.retain,
             fields.accepted_uptime,
         )
