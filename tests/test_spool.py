@@ -343,6 +343,26 @@ def test_commits_overwrite_blocks_written_ahead_and_never_grow_the_file(spool_pa
         assert 0 < end < after.st_size and not only.read_bytes()[end:].strip(b"\0")
 
 
+def test_a_full_segment_is_cut_to_its_log_when_the_next_one_starts(spool_path):
+    """Finished segments end where their log ends, as older agents wrote them: an agent rolled back to
+    an older release (which takes anything after the last commit of an older segment for damage)
+    reads them as before; only the active segment has a zero-filled end."""
+    limits = SpoolLimits(budget_bytes=4 * 1024 * 1024)  # 128 kB segments
+    with Spool(spool_path, limits=limits) as spool:
+        for n in range(200):
+            spool.accept(with_thumb(n, 3000))
+            if n % 10 == 9:
+                spool.flush()
+        spool.flush()
+        *full, active = segments(spool_path)
+        assert len(full) >= 2
+        for path in full:
+            assert path.stat().st_size == log_end(path) >= limits.segment_bytes
+        assert active.stat().st_size > log_end(active)
+    with Spool(spool_path, limits=limits) as spool:
+        assert spool.recovered_from is None and spool.seq("events") == 200
+
+
 def test_a_reopened_segment_ends_at_its_last_commit_and_appends_after_it(spool_path):
     with Spool(spool_path) as spool:
         for n in range(10):

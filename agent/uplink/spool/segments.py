@@ -24,10 +24,12 @@ length and CRC of its group, so pages of a torn overwrite that reached the card 
 make a group count). At start, a torn tail (non-zero bytes after the last commit) is overwritten
 with zeros and synced, never truncated, and the next commit is written where the log ends.
 
-A segment is never rewritten in place. The newest segment is the active one; when it is full, a
-new one starts with a STATE entry (counters, drop tallies, metadata) so that the newest segment
-alone carries everything a restart needs even after older segments are gone. What the spool takes
-on disk (`disk_bytes`, its budget) is the files' sizes, zero-filled ends included.
+Committed bytes are never rewritten. The newest segment is the active one; when it is full, it is
+cut to its log (so finished segments look as older agents wrote them, and an agent rolled back to an
+older release reads them) and a new one starts with a STATE entry (counters, drop tallies,
+metadata), so that the newest segment alone carries everything a restart needs even after older
+segments are gone. What the spool takes on disk (`disk_bytes`, its budget) is the files' sizes,
+zero-filled ends included.
 """
 
 from __future__ import annotations
@@ -183,6 +185,9 @@ class SegmentLog:
 
     def start_segment(self, first_entries: bytes) -> Segment:
         """A new active segment beginning with `first_entries` (a STATE snapshot and its COMMIT)."""
+        previous = self.active
+        if previous is not None and previous.allocated > previous.size:
+            self._cut_to_log(previous)
         number = max(self.segments, default=0) + 1
         path = self.directory / f"seg-{number:010d}.log"
         segment = self._open_segment(number, path, size=0)
@@ -190,6 +195,17 @@ class SegmentLog:
         self.append([codec.MAGIC + first_entries])
         _fsync_dir(self.directory)
         return segment
+
+    def _cut_to_log(self, segment: Segment) -> None:
+        """A full segment gives back its zero-filled end (one size change per segment), so a finished
+        segment is its log alone, as older agents wrote them (after a rollback they read it as before)."""
+        try:
+            os.ftruncate(segment.fd, segment.size)
+            os.fdatasync(segment.fd)
+        except OSError as exc:  # the zeros stay: harmless, this agent reads them as the end of the log
+            log.warning("spool: cannot cut the zero-filled end of %s (%s)", segment.path.name, exc)
+            return
+        segment.allocated = segment.size
 
     def append(self, chunks: list[bytes]) -> tuple[Segment, int]:
         """Write `chunks` where the active segment's log ends in one write, then fdatasync; returns
