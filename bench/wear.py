@@ -23,7 +23,10 @@ by side (two agents at once on the same scene):
   at a time: whether such a write falls inside a window is luck, so the device figure counts zeros
   at their steady rate instead, one byte per byte the log grew in the window (`measured` is the raw
   count; the size change each zero-fill journals, about 2 % of it, is left out).
-- **process**: `/proc/<agent>/io` `write_bytes` of that same agent (pages it made dirty).
+- **process**: `/proc/<agent>/io` `write_bytes` of that same agent (pages it made dirty). On a
+  kernel whose page cache keeps large folios (6.x here), a small write counts the whole folio it
+  dirties, up to the megabyte the spool zero-filled at once, so this overstates a hundredfold
+  (and `filesystem_overhead` is then meaningless); the device count is what the card receives.
 - **files**: a second agent on LazyFS logging every operation (tests/lazyfs.py). Per kind of file
   (spool database, write-ahead log, shared-memory index, thumbnail files, their index, other state):
   write calls, bytes, fsyncs, and the 4 KiB pages a page cache would send to the device (distinct
