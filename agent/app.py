@@ -25,7 +25,8 @@ from agent.detect import CardError, Detector
 from agent.detect.detector import detector_from_config as detector_from_config  # re-exported
 from agent.errors import EXIT_RESTART as EXIT_RESTART  # re-exported: older callers import it from here
 from agent.errors import AgentError as AgentError
-from agent.events import EVENTS_STREAM, EventEmitter, EventFactory, JsonLinesOutput, ThumbnailFiles
+from agent.events import EVENTS_STREAM, EventEmitter, EventFactory, JsonLinesOutput, LocalThumbnails
+from agent.events.local_thumbs import remove_legacy_folder
 from agent.lifecycle import FINAL_SLICE_S, STOP_BUDGET_S, Stage, stop_all, stop_stage
 from agent.motion import MotionGate
 from agent.paths import state_dir_for as state_dir_for  # re-exported for older callers
@@ -101,6 +102,7 @@ class Running:
     state_dir: Path
     stages: list[Stage] = field(default_factory=list)
     services: Services = field(default_factory=Services)  # the optional stages, by type
+    thumbnails: LocalThumbnails | None = None  # the latest thumbnails, for the status page
 
 
 def choose_source(config: Config, simulate: bool) -> FrameSource:
@@ -223,15 +225,14 @@ class Agent:
         if self.options.print_events or self.options.events_out:
             output = JsonLinesOutput(path=self.options.events_out)
             stages.append(output)
-        thumb_files = ThumbnailFiles(
-            state_dir / "thumbs",
+        remove_legacy_folder(state_dir / "thumbs")  # older agents kept them as files
+        thumbnails = LocalThumbnails(
             max_files=cfg.privacy.local_thumbnails,
             ttl_s=cfg.spool.ttl_thumb_days * 86400.0,
             uptime=spool.uptime,
-            clock_trusted=lambda: self.clock.state().trusted,
-        ).start()  # expires local thumbnails past their TTL even when never sent
-        stages.append(thumb_files)
-        spool.add_listener(thumb_files)
+        ).start()  # in memory, for the status page; expires them past their TTL even when never sent
+        stages.append(thumbnails)
+        spool.add_listener(thumbnails)
         if not cfg.uplink.broker:
             # No broker: the local output is the delivery, so a record is acknowledged once written
             # there; an event that could not be written stays in the spool.
@@ -265,7 +266,9 @@ class Agent:
         except SourceError as exc:
             raise AgentError(str(exc)) from None
         stages.append(capture)
-        self.running = Running(spool, capture, detector, pipeline, factory, self.clock, state_dir, stages)
+        self.running = Running(
+            spool, capture, detector, pipeline, factory, self.clock, state_dir, stages, thumbnails=thumbnails
+        )
         self._start_optional_stages(self.running)
         for hook in self._on_started:
             hook(self.running)

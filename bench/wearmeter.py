@@ -28,6 +28,21 @@ def syncfs(path: Path) -> None:
         os.close(fd)
 
 
+def spool_extent(spool: Path) -> tuple[int, int]:
+    """The spool's segment files: their sizes (zero-filled ends included) and where their logs end."""
+    from agent.uplink.spool import codec
+
+    files = log = 0
+    for path in spool.glob("seg-*.log"):
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            continue  # retired meanwhile
+        files += len(data)
+        log += codec.scan(data).end
+    return files, log
+
+
 def proc_io(pid: int) -> dict[str, int]:
     out = {}
     for line in Path(f"/proc/{pid}/io").read_text().splitlines():

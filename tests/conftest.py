@@ -94,6 +94,22 @@ def read_events(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def committed_thumbnails(state_dir: Path) -> dict[str, bytes]:
+    """Thumbnails (by event id) the agent committed to its spool, read back from the segment files
+    (delivered ones too, while their segment is still there)."""
+    from agent.uplink.spool import codec
+    from agent.uplink.spool.segments import read_only_groups
+
+    found = {}
+    for _segment, groups in read_only_groups(state_dir / "spool"):
+        for entry in codec.iter_entries(groups):
+            if entry.kind == codec.RECORD:
+                fields = codec.decode_record(entry.body)
+                if fields.stream == "thumbs":
+                    found[fields.id] = bytes(entry.body[fields.payload_at :])
+    return found
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     """Tests marked `long` run in CI (CI=true, set by .ci/run) and when VIGIL_LONG_TESTS=1; a plain
     local ./scripts/test skips them and says how to run them."""

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.conftest import CLIP, ROOT, YOLOX, agent_env, read_events, run_agent, shared
+from tests.conftest import CLIP, ROOT, YOLOX, agent_env, committed_thumbnails, read_events, run_agent, shared
 
 
 def test_simulate_synthetic_emits_schema_valid_events(state_dir, event_validator):
@@ -37,10 +37,11 @@ def test_simulate_synthetic_emits_schema_valid_events(state_dir, event_validator
     assert len({e["id"] for e in events}) == len(events)
     appeared = [e for e in events if e["type"] == "object_appeared"]
     assert {e["label"] for e in appeared} <= {"person", "car", "truck"}
-    thumbs = list((state_dir / "thumbs").glob("*.jpg"))
-    assert {p.stem for p in thumbs} == {e["id"] for e in appeared if e["thumb"]}
+    thumbs = committed_thumbnails(state_dir)  # none is kept as a file (status page: memory only)
+    assert set(thumbs) == {e["id"] for e in appeared if e["thumb"]}
+    assert not (state_dir / "thumbs").exists()
     for event in appeared:
-        data = (state_dir / "thumbs" / f"{event['id']}.jpg").read_bytes()
+        data = thumbs[event["id"]]
         assert len(data) == event["thumb"]["bytes"] and max(event["thumb"]["size"]) <= 320
         assert data[:2] == b"\xff\xd8"
 

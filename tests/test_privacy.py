@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import time
 from pathlib import Path
 
 import pytest
 
 from agent.config.schema import Config
-from agent.events.emitter import ThumbnailFiles
+from agent.events.local_thumbs import LocalThumbnails, remove_legacy_folder
 from agent.privacy.audit import AuditLog
 from agent.privacy.report import FIELD_NOTES, build_report, event_schema, render_markdown
 from agent.uplink.spool import Priority, Record
@@ -73,48 +71,38 @@ def thumb(record_id: str, up: float) -> Record:
     return Record(1, record_id, "thumbs", None, Priority.THUMB, f"thumbs/{record_id}", JPEG, False, up)
 
 
-def test_local_thumbnails_expire_by_running_time_across_restarts(tmp_path: Path):
-    folder = tmp_path / "thumbs"
+def test_local_thumbnails_expire_by_running_time(tmp_path: Path):
     uptime = Uptime()
-    files = ThumbnailFiles(folder, ttl_s=100.0, uptime=uptime)
-    files([thumb("a", 0.0)])
+    kept = LocalThumbnails(ttl_s=100.0, uptime=uptime)
+    kept([thumb("a", 0.0)])
     uptime.now = 50.0
-    files([thumb("b", 50.0)])
+    kept([thumb("b", 50.0)])
     uptime.now = 120.0
-    assert files.expire() == 1
-    assert sorted(p.stem for p in folder.glob("*.jpg")) == ["b"]
-    (folder / "stray.jpg").write_bytes(JPEG)  # e.g. left by a crash before it was indexed
-    uptime.now = 130.0
-    restarted = ThumbnailFiles(folder, ttl_s=100.0, uptime=uptime)
-    uptime.now = 149.0
-    assert restarted.expire() == 0
+    assert kept.get("a") is None  # past its TTL: never served, even before the sweep
+    assert kept.expire() == 1 and len(kept) == 1 and kept.get("b") == JPEG
     uptime.now = 151.0
-    assert restarted.expire() == 1 and (folder / "stray.jpg").exists()
-    uptime.now = 231.0
-    assert restarted.expire() == 1 and not list(folder.glob("*.jpg"))
+    assert kept.get("b") is None and kept.expire() == 1 and len(kept) == 0
 
 
-def test_a_wrong_clock_never_keeps_thumbnails_longer(tmp_path: Path):
+def test_local_thumbnails_are_bounded_in_number_and_bytes():
+    kept = LocalThumbnails(max_files=3)
+    kept([thumb(f"t{i}", float(i)) for i in range(5)])
+    assert [t for t in ("t0", "t1", "t2", "t3", "t4") if kept.get(t)] == ["t2", "t3", "t4"]
+    small = LocalThumbnails(max_files=100, max_bytes=3 * len(JPEG))
+    small([thumb(f"s{i}", float(i)) for i in range(5)])
+    small([Record(9, "huge", "thumbs", None, Priority.THUMB, "thumbs/huge", JPEG * 4, False, 9.0)])
+    assert [t for t in ("s0", "s1", "s2", "s3", "s4", "huge") if small.get(t)] == ["s2", "s3", "s4"]
+    assert small.status()["bytes"] == 3 * len(JPEG) and small.status()["pushed_out"] == 2
+
+
+def test_thumbnail_files_of_older_agents_are_removed(tmp_path: Path):
+    """Older agents kept thumbnails as files; nothing would ever expire them now, so they go at start."""
     folder = tmp_path / "thumbs"
-    uptime = Uptime()
-    trusted = [False]
-    files = ThumbnailFiles(folder, ttl_s=3600.0, uptime=uptime, clock_trusted=lambda: trusted[0])
-    files([thumb("from1970", 0.0), thumb("old", 0.0), thumb("future", 0.0)])
-    os.utime(folder / "from1970.jpg", (1000.0, 1000.0))  # written while the clock said 1970
-    os.utime(folder / "old.jpg", (time.time() - 7200, time.time() - 7200))
-    os.utime(folder / "future.jpg", (time.time() + 86400, time.time() + 86400))
-    assert files.expire() == 0  # clock untrusted: running time only, and only 0 s have run
-    trusted[0] = True
-    assert files.expire() == 1 and not (folder / "old.jpg").exists()  # the node was off for hours
-    uptime.now = 3601.0
-    assert files.expire() == 2 and not list(folder.glob("*.jpg"))
-
-
-def test_local_thumbnails_are_bounded_in_number(tmp_path: Path):
-    files = ThumbnailFiles(tmp_path / "thumbs", max_files=3)
-    files([thumb(f"t{i}", float(i)) for i in range(5)])
-    assert sorted(p.stem for p in (tmp_path / "thumbs").glob("*.jpg")) == ["t2", "t3", "t4"]
-    assert len(ThumbnailFiles(tmp_path / "thumbs", max_files=3)) == 3
+    folder.mkdir()
+    for name in ("a.jpg", "b.jpg", "index.jsonl"):
+        (folder / name).write_bytes(JPEG)
+    assert remove_legacy_folder(folder) == 2 and not folder.exists()
+    assert remove_legacy_folder(folder) == 0
 
 
 # -- the report -----------------------------------------------------------------------------------
@@ -254,7 +242,9 @@ def test_agent_redacts_audits_and_reports_rule_events(tmp_path: Path, state_dir:
     assert {e["direction"] for e in crossings} <= {"left_to_right", "right_to_left"}
     people = [e for e in events if e.get("label") == "person" and e.get("thumb")]
     assert people and all("pixelated" in e["thumb"]["redaction"] for e in people)
-    assert (state_dir / "thumbs" / "index.jsonl").exists()
+    # thumbnails are kept for the status page in memory only: no image file is ever written
+    assert not (state_dir / "thumbs").exists()
+    assert not [p for p in state_dir.rglob("*") if p.suffix in (".jpg", ".jpeg", ".tmp")]
 
     run(0.45)  # the operator edited the file on the node
     audit = AuditLog(state_dir / "audit")

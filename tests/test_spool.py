@@ -9,7 +9,8 @@ import threading
 
 import pytest
 
-from agent.uplink.spool import Outgoing, Priority, Spool, SpoolLimits
+from agent.uplink.spool import Outgoing, Priority, Spool, SpoolLimits, codec
+from agent.uplink.spool.segments import PREALLOCATE_BYTES
 
 
 def event(n: int = 0, priority: Priority = Priority.EVENT) -> list[Outgoing]:
@@ -271,8 +272,8 @@ def test_damage_in_the_middle_is_set_aside_and_what_decodes_is_kept(spool_path):
                 spool.flush()  # many commits, so the damage hits some and spares others
         spool.flush()
     (only,) = segments(spool_path)
-    size = only.stat().st_size
-    with open(only, "r+b") as fh:  # scribble over the middle of the file
+    size = log_end(only)
+    with open(only, "r+b") as fh:  # scribble over the middle of the log
         fh.seek(size // 2)
         fh.write(os.urandom(8192))
     with Spool(spool_path) as spool:
@@ -287,19 +288,32 @@ def test_damage_in_the_middle_is_set_aside_and_what_decodes_is_kept(spool_path):
         assert spool.seq("events") == 301
 
 
+def log_end(path) -> int:
+    """Where the log in a segment file ends (after its last commit; zeros follow up to the file's end)."""
+    return codec.scan(path.read_bytes()).end
+
+
+def tear(path, start: int, end: int, fill: bytes | None = None) -> None:
+    """What a power cut leaves of bytes [start, end) of a commit that was being written: zeros (the
+    blocks as they were zero-filled ahead), or `fill`."""
+    with open(path, "r+b") as fh:
+        fh.seek(start)
+        fh.write(fill if fill is not None else bytes(end - start))
+
+
 def test_a_power_cut_mid_commit_loses_only_that_commit(spool_path):
     with Spool(spool_path) as spool:
         for n in range(5):
             spool.accept(event(n))
         spool.flush()
     (only,) = segments(spool_path)
-    whole = only.read_bytes()
+    whole = log_end(only)
     with Spool(spool_path) as spool:
         for n in range(5, 8):
             spool.accept(event(n))
         spool.flush()
-    grown = only.read_bytes()
-    only.write_bytes(grown[: len(whole) + (len(grown) - len(whole)) // 2])  # the last write half on disk
+    grown = log_end(only)
+    tear(only, whole + (grown - whole) // 2, grown)  # the last write half on disk
     with Spool(spool_path) as spool:
         assert spool.recovered_from is None  # a torn tail is normal after a power cut, not damage
         assert spool.seq("events") == 5
@@ -307,6 +321,122 @@ def test_a_power_cut_mid_commit_loses_only_that_commit(spool_path):
         spool.accept(event(9))
         spool.flush()
         assert spool.seq("events") == 6  # the lost commit was never accepted: its seqs are given again
+
+
+def test_commits_overwrite_blocks_written_ahead_and_never_grow_the_file(spool_path):
+    """A commit must not change the segment's size or allocation (on ext4 that costs a journal commit
+    per fdatasync): the blocks are zero-filled ahead, a megabyte at a time, and overwritten."""
+    with Spool(spool_path, limits=SpoolLimits(commit_interval_s=0.01)) as spool:
+        spool.accept(event(0))
+        spool.flush()
+        (only,) = segments(spool_path)
+        before = os.stat(only)
+        assert before.st_size >= PREALLOCATE_BYTES and before.st_blocks * 512 >= before.st_size  # no holes
+        for n in range(1, 200):
+            spool.accept(event(n))
+            assert spool.flush()
+        after = os.stat(only)
+        assert spool.commits >= 200
+        assert (after.st_size, after.st_blocks) == (before.st_size, before.st_blocks)
+        assert spool.disk_bytes() == after.st_size  # the budget counts the zero-filled blocks too
+        end = log_end(only)
+        assert 0 < end < after.st_size and not only.read_bytes()[end:].strip(b"\0")
+
+
+def test_a_full_segment_is_cut_to_its_log_when_the_next_one_starts(spool_path):
+    """Finished segments end where their log ends, as older agents wrote them: an agent rolled back to
+    an older release (which takes anything after the last commit of an older segment for damage)
+    reads them as before; only the active segment has a zero-filled end."""
+    limits = SpoolLimits(budget_bytes=4 * 1024 * 1024)  # 128 kB segments
+    with Spool(spool_path, limits=limits) as spool:
+        for n in range(200):
+            spool.accept(with_thumb(n, 3000))
+            if n % 10 == 9:
+                spool.flush()
+        spool.flush()
+        *full, active = segments(spool_path)
+        assert len(full) >= 2
+        for path in full:
+            assert path.stat().st_size == log_end(path) >= limits.segment_bytes
+        assert active.stat().st_size > log_end(active)
+    with Spool(spool_path, limits=limits) as spool:
+        assert spool.recovered_from is None and spool.seq("events") == 200
+
+
+def test_a_reopened_segment_ends_at_its_last_commit_and_appends_after_it(spool_path):
+    with Spool(spool_path) as spool:
+        for n in range(10):
+            spool.accept(event(n))
+            spool.flush()
+    (only,) = segments(spool_path)
+    size, end = only.stat().st_size, log_end(only)
+    assert end < size  # zeros after the log
+    with Spool(spool_path) as spool:
+        assert spool.recovered_from is None and not spool.set_aside()
+        assert [r.seq for r in spool.next_records(100)] == list(range(1, 11))
+        spool.accept(event(10))
+        spool.flush()
+        assert spool.seq("events") == 11
+    assert only.stat().st_size == size and log_end(only) > end  # written where the log ended, in place
+    with Spool(spool_path) as spool:
+        assert [r.seq for r in spool.next_records(100)] == list(range(1, 12))
+
+
+def test_garbage_after_the_last_commit_is_cut_to_zeros_and_never_read_as_records(spool_path):
+    """A torn tail that is not zeros (part of a commit's entries) is not damage; it is overwritten with
+    zeros, so a shorter commit written there later cannot be followed by the old bytes."""
+    with Spool(spool_path) as spool:
+        for n in range(3):
+            spool.accept(event(n))
+        spool.flush()
+    (only,) = segments(spool_path)
+    end = log_end(only)
+    with Spool(spool_path) as spool:  # a big commit, then torn: its frames are on disk, its COMMIT not
+        spool.accept(with_thumb(3, 6000))
+        spool.flush()
+        grown = log_end(only)
+    tear(only, grown, log_end(only))  # the power cut came before the commit closing the spool
+    data = only.read_bytes()
+    tear(only, end, grown, data[end : grown - 40] + bytes(40))  # all but the COMMIT entry's bytes
+    with Spool(spool_path) as spool:
+        assert spool.recovered_from is None and not spool.set_aside()
+        assert spool.seq("events") == 3
+        assert not only.read_bytes()[log_end(only) :].strip(b"\0")  # the torn bytes are zeros now
+        spool.accept(event(4))
+        spool.flush()
+    with Spool(spool_path) as spool:
+        assert spool.recovered_from is None
+        assert [r.seq for r in spool.next_records(100, max_priority=Priority.THUMB)] == [1, 2, 3, 4]
+
+
+def test_a_commit_whose_first_page_never_reached_the_card_is_not_committed(spool_path):
+    """An overwrite's pages may reach the card in any order: if a power cut inside the fdatasync
+    leaves the end of a commit (its COMMIT entry) without its beginning, the commit does not count
+    (it was never reported committed) and it is a torn tail, not damage."""
+    with Spool(spool_path) as spool:
+        for n in range(3):
+            spool.accept(event(n))
+        spool.flush()
+    (only,) = segments(spool_path)
+    end = log_end(only)
+    with Spool(spool_path) as spool:
+        spool.accept(with_thumb(3, 9000))  # a commit over three pages
+        spool.flush()
+        grown = log_end(only)
+    tear(only, grown, log_end(only))  # the power cut came before the commit closing the spool
+    with open(only, "rb") as fh:
+        fh.seek(end)
+        commit = fh.read(grown - end)
+    first_page_end = (end // 4096 + 1) * 4096
+    tear(only, end, first_page_end)  # its first page lost, the rest (and its COMMIT entry) written
+    scan = codec.scan(only.read_bytes())
+    assert scan.end == end and commit[-40:] in only.read_bytes()  # a valid COMMIT frame, not counted
+    with Spool(spool_path) as spool:
+        assert spool.recovered_from is None and not spool.set_aside()
+        assert spool.seq("events") == 3 and spool.stats()["depth"] == 3
+        spool.accept(event(5))
+        spool.flush()
+        assert spool.seq("events") == 4
 
 
 def test_a_segment_whose_first_commit_never_reached_the_disk_is_not_damage(spool_path):

@@ -21,13 +21,19 @@ def record(rowid: int, seq: int | None = None, payload: bytes = b"{}", priority:
 def segment(*groups: list[bytes]) -> bytes:
     data = codec.MAGIC
     for number, group in enumerate(groups, start=1):
-        data += b"".join(group) + codec.encode_commit(number)
+        data += closed(number, *group)
     return data
+
+
+def closed(number: int, *entries: bytes) -> bytes:
+    """A group as the spool writes it: its entries and the COMMIT entry naming their length and CRC."""
+    group = b"".join(entries)
+    return group + codec.encode_commit(number, group)
 
 
 def test_a_group_counts_only_with_its_commit_entry():
     whole = segment([record(1, 1)], [record(2, 2), record(3, 3)])
-    cut = whole[: -len(codec.encode_commit(2)) - 5]  # the second group's write stopped short
+    cut = whole[: -len(codec.encode_commit(2, b"")) - 5]  # the second group's write stopped short
     scan = codec.scan(cut)
     assert len(scan.groups) == 1 and not scan.damaged
     assert scan.end == len(segment([record(1, 1)]))
@@ -43,14 +49,41 @@ def test_garbage_after_the_last_commit_is_a_torn_tail_not_damage():
 
 def test_damage_followed_by_good_commits_is_reported_and_skipped():
     first = segment([record(1, 1)])
-    second_group = record(2, 2) + codec.encode_commit(2)
-    third_group = record(3, 3) + codec.encode_commit(3)
+    second_group = closed(2, record(2, 2))
+    third_group = closed(3, record(3, 3))
     data = bytearray(first + second_group + third_group)
     data[len(first) + 20] ^= 0xFF  # a flipped bit inside record 2
     scan = codec.scan(bytes(data))
     assert scan.damaged, "damage with committed groups after it must not pass for a torn tail"
     state = replay([(1, scan.groups)])
     assert sorted(state.index.entries) == [1, 3] and state.seq == {"events": 3}
+
+
+def test_zeros_after_the_last_commit_end_the_log():
+    """A segment zero-filled ahead: the log ends at its last commit, and nothing there is damage."""
+    data = segment([record(1, 1)], [record(2, 2)])
+    scan = codec.scan(data + bytes(1 << 20))
+    assert len(scan.groups) == 2 and not scan.damaged and scan.end == len(data)
+
+
+def test_a_commit_with_a_hole_in_its_group_does_not_count():
+    """Pages of an overwrite reach the card in any order: the end of a group and its COMMIT entry
+    without the group's beginning (zeros, or the bytes that were there) is not a committed group."""
+    first = segment([record(1, 1)])
+    group = closed(2, record(2, 2, os.urandom(5000)), record(3, 3))
+    for hole in (bytes(100), os.urandom(100)):
+        data = first + hole + group[len(hole) :] + bytes(4096)
+        scan = codec.scan(data)
+        assert len(scan.groups) == 1 and scan.end == len(first) and not scan.damaged
+        assert list(replay([(1, scan.groups)]).index.entries) == [1]
+    scan = codec.scan(first + group + bytes(4096))  # the same group whole counts
+    assert len(scan.groups) == 2 and sorted(replay([(1, scan.groups)]).index.entries) == [1, 2, 3]
+
+
+def test_segments_of_older_agents_commit_with_the_number_alone():
+    data = codec.MAGIC + record(1, 1) + codec.encode_commit(1) + record(2, 2) + codec.encode_commit(2)
+    scan = codec.scan(data)
+    assert len(scan.groups) == 2 and scan.end == len(data) and not scan.damaged
 
 
 def test_acks_and_drops_in_later_segments_apply_to_earlier_records():

@@ -90,6 +90,6 @@ class PrivacyConfig(Section):
         default=500,
         ge=0,
         le=100000,
-        description="Most thumbnails kept on the node's disk (<state_dir>/thumbs); each also expires "
-        "after spool.ttl_thumb_days.",
+        description="Most thumbnails the node keeps for its status page (in memory, never on disk; "
+        "at most 16 MB); each also expires after spool.ttl_thumb_days of running time.",
     )

@@ -1,6 +1,7 @@
 """Event records, thumbnails, and the local outputs fed from the spool's commits."""
 
-from agent.events.emitter import EVENTS_STREAM, THUMBS_STREAM, EventEmitter, JsonLinesOutput, ThumbnailFiles
+from agent.events.emitter import EVENTS_STREAM, THUMBS_STREAM, EventEmitter, JsonLinesOutput
+from agent.events.local_thumbs import LocalThumbnails
 from agent.events.record import SCHEMA_ID, EventFactory, normalise
 from agent.events.thumbs import Thumbnail, make_thumbnail
 from agent.events.types import (
@@ -37,13 +38,13 @@ __all__ = [
     "JsonLinesOutput",
     "LinkSignal",
     "LinkState",
+    "LocalThumbnails",
     "Location",
     "ModelInfo",
     "RuleFields",
     "SnapshotInfo",
     "ThumbMeta",
     "Thumbnail",
-    "ThumbnailFiles",
     "UpdateFields",
     "make_thumbnail",
     "normalise",

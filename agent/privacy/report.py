@@ -249,7 +249,8 @@ def build_report(config: Config, *, config_path: Path | None = None, state_dir: 
             "note": "records wait in the spool until the broker acknowledges them or their TTL ends "
             "(measured in running time, so a wrong clock cannot keep them longer)",
             "local_thumbnails": {
-                "folder": "<state_dir>/thumbs",
+                "kept": "in memory only, for the local status page; never written to disk, gone when "
+                "the agent stops",
                 "max_files": config.privacy.local_thumbnails,
                 "ttl_days": config.spool.ttl_thumb_days,
             },

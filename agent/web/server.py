@@ -26,7 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -58,7 +57,7 @@ class WebApp:
     status: Callable[[], dict[str, Any]]
     metrics: Callable[[], bytes]
     preview: PreviewRenderer
-    thumbs: Path
+    thumbs: Callable[[str], bytes | None]  # an event id's thumbnail, kept in memory (None: not kept)
     stopping: threading.Event
     host_names: frozenset[str] = frozenset({"localhost"})  # besides IP addresses (see guard.host_allowed)
     unauthorized: int = 0
@@ -262,9 +261,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if not EVENT_ID.fullmatch(event_id):
             self._json({"error": "not found"}, HTTPStatus.NOT_FOUND)
             return
-        try:
-            data = (self.app.thumbs / f"{event_id}.jpg").read_bytes()
-        except OSError:
+        data = self.app.thumbs(event_id)
+        if data is None:
             self._json({"error": "not found"}, HTTPStatus.NOT_FOUND)
             return
         self._send(200, "image/jpeg", data, {"Cache-Control": "private, max-age=86400"})

@@ -141,7 +141,7 @@ def build(agent: Agent, running: Running) -> WebStage | None:
         status=status,
         metrics=metrics.render,
         preview=preview,
-        thumbs=running.state_dir / "thumbs",
+        thumbs=running.thumbnails.get if running.thumbnails is not None else lambda _id: None,
         stopping=threading.Event(),
         host_names=own_names() | frozenset(cfg.allowed_hosts),
     )

@@ -6,8 +6,14 @@ A segment file is a header followed by framed entries::
 
 Entries are written in *groups*, one per commit, and every group ends with a COMMIT entry; a group
 without its COMMIT (a power cut in the middle of a write) was never committed and is ignored. The
-SYNC marker lets a reader find the next entry after damaged bytes, to tell a torn tail (normal after
-a power cut) from damage in the middle (an SD card going bad).
+COMMIT entry carries the length and CRC-32 of the bytes of its group: segments are written in place
+into blocks zero-filled ahead of time (segments.py), and a power cut inside the `fdatasync` of an
+overwrite may leave a later page of the group on the card but not an earlier one, so a COMMIT only
+counts when every byte before it, back to the previous COMMIT, is what was written. (Segments of
+older agents end their groups with a COMMIT of the number alone; they are read as before.) The SYNC
+marker lets a reader find the next entry after damaged bytes, to tell a torn tail (normal after a
+power cut) from damage in the middle (an SD card going bad). A segment's unused, zero-filled end
+holds no SYNC marker, so a scan stops at its first zero byte where an entry should begin.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ _RECORD = struct.Struct("<QBqddB")  # rowid, priority, seq (-1: none), accepted 
 _RETAIN, _TRUSTED = 1, 2
 _DROP = struct.Struct("<QBI")  # rowid (0: never committed), priority, payload bytes; then the reason
 _U64 = struct.Struct("<Q")
+_COMMIT = struct.Struct("<QII")  # commit number, length and crc32 of the group's bytes before it
 _F64 = struct.Struct("<d")
 
 
@@ -161,8 +168,24 @@ def decode_clock(body: memoryview) -> float:
     return float(_F64.unpack_from(body, 0)[0])
 
 
-def encode_commit(number: int) -> bytes:
-    return frame(COMMIT, _U64.pack(number))
+def encode_commit(number: int, group: bytes | None = None) -> bytes:
+    """The COMMIT entry closing `group` (every byte written since the previous COMMIT or the file
+    header). Without `group`: the older form (the number alone), which proves nothing about the group."""
+    if group is None:
+        return frame(COMMIT, _U64.pack(number))
+    return frame(COMMIT, _COMMIT.pack(number, len(group), zlib.crc32(group)))
+
+
+def _commit_covers(buf: memoryview, group_start: int, commit: Entry) -> bool:
+    """Whether `commit` closes exactly the bytes from `group_start` to itself, as they were written."""
+    if len(commit.body) < _COMMIT.size:
+        return True  # the older form: frames are checked one by one, the group as a whole is not
+    length: int
+    crc: int
+    _number, length, crc = _COMMIT.unpack_from(commit.body, 0)
+    if length != commit.offset - group_start:
+        return False
+    return zlib.crc32(buf[group_start : commit.offset]) == crc
 
 
 @dataclass(frozen=True)
@@ -259,8 +282,12 @@ def scan(data: bytes) -> Scan:
             continue
         pos += entry.length
         if entry.kind == COMMIT:
-            groups.append(group)
-            group, group_start, end = [], pos, pos
+            if _commit_covers(buf, group_start, entry):
+                groups.append(group)
+                end = pos
+            else:  # a group with a hole (part of a torn overwrite, or damage): never committed
+                damaged.append((group_start, pos))
+            group, group_start = [], pos
         else:
             group.append(entry)
     # damage counts only when committed groups follow it; otherwise it is the torn tail

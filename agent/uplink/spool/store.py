@@ -355,7 +355,8 @@ class SpoolStore:
         """Append one committed group: `chunks`, the uptime and a COMMIT entry, in one write and fdatasync."""
         uptime = self.uptime() if uptime is None else uptime
         self.state.commits += 1
-        self._log.append([*chunks, codec.encode_clock(uptime), codec.encode_commit(self.state.commits)])
+        group = b"".join([*chunks, codec.encode_clock(uptime)])
+        self._log.append([group, codec.encode_commit(self.state.commits, group)])
         self._last_clock_write = uptime
         self.state.uptime = max(self.state.uptime, uptime)
         self.commits += 1
@@ -368,7 +369,7 @@ class SpoolStore:
         state.commits += 1
         snapshot = codec.encode_json(codec.STATE, state.snapshot())
         try:
-            self._log.start_segment(snapshot + codec.encode_commit(state.commits))
+            self._log.start_segment(snapshot + codec.encode_commit(state.commits, snapshot))
         except OSError:
             state.tally.give_back(unsaved)
             raise
