@@ -247,13 +247,21 @@ def segments(spool_path):
     return sorted(spool_path.glob("seg-*.log"))
 
 
-def test_a_destroyed_spool_is_moved_aside_and_the_spool_goes_on(spool_path):
+def commit_events(spool_path, numbers, *, one_commit_each: bool = False):
+    """Commit the events `numbers` (in one commit, or one commit each); returns the only segment."""
     with Spool(spool_path) as spool:
-        for n in range(3):
+        for n in numbers:
             spool.accept(event(n))
+            if one_commit_each:
+                spool.flush()
         spool.flush()
-    garbage = b"this is not a spool" * 100
     (only,) = segments(spool_path)
+    return only
+
+
+def test_a_destroyed_spool_is_moved_aside_and_the_spool_goes_on(spool_path):
+    only = commit_events(spool_path, range(3))
+    garbage = b"this is not a spool" * 100
     only.write_bytes(garbage)
     with Spool(spool_path) as spool:
         assert spool.recovered_from is not None
@@ -302,16 +310,8 @@ def tear(path, start: int, end: int, fill: bytes | None = None) -> None:
 
 
 def test_a_power_cut_mid_commit_loses_only_that_commit(spool_path):
-    with Spool(spool_path) as spool:
-        for n in range(5):
-            spool.accept(event(n))
-        spool.flush()
-    (only,) = segments(spool_path)
-    whole = log_end(only)
-    with Spool(spool_path) as spool:
-        for n in range(5, 8):
-            spool.accept(event(n))
-        spool.flush()
+    whole = log_end(commit_events(spool_path, range(5)))
+    only = commit_events(spool_path, range(5, 8))
     grown = log_end(only)
     tear(only, whole + (grown - whole) // 2, grown)  # the last write half on disk
     with Spool(spool_path) as spool:
@@ -364,11 +364,7 @@ def test_a_full_segment_is_cut_to_its_log_when_the_next_one_starts(spool_path):
 
 
 def test_a_reopened_segment_ends_at_its_last_commit_and_appends_after_it(spool_path):
-    with Spool(spool_path) as spool:
-        for n in range(10):
-            spool.accept(event(n))
-            spool.flush()
-    (only,) = segments(spool_path)
+    only = commit_events(spool_path, range(10), one_commit_each=True)
     size, end = only.stat().st_size, log_end(only)
     assert end < size  # zeros after the log
     with Spool(spool_path) as spool:
@@ -385,11 +381,7 @@ def test_a_reopened_segment_ends_at_its_last_commit_and_appends_after_it(spool_p
 def test_garbage_after_the_last_commit_is_cut_to_zeros_and_never_read_as_records(spool_path):
     """A torn tail that is not zeros (part of a commit's entries) is not damage; it is overwritten with
     zeros, so a shorter commit written there later cannot be followed by the old bytes."""
-    with Spool(spool_path) as spool:
-        for n in range(3):
-            spool.accept(event(n))
-        spool.flush()
-    (only,) = segments(spool_path)
+    only = commit_events(spool_path, range(3))
     end = log_end(only)
     with Spool(spool_path) as spool:  # a big commit, then torn: its frames are on disk, its COMMIT not
         spool.accept(with_thumb(3, 6000))
@@ -413,11 +405,7 @@ def test_a_commit_whose_first_page_never_reached_the_card_is_not_committed(spool
     """An overwrite's pages may reach the card in any order: if a power cut inside the fdatasync
     leaves the end of a commit (its COMMIT entry) without its beginning, the commit does not count
     (it was never reported committed) and it is a torn tail, not damage."""
-    with Spool(spool_path) as spool:
-        for n in range(3):
-            spool.accept(event(n))
-        spool.flush()
-    (only,) = segments(spool_path)
+    only = commit_events(spool_path, range(3))
     end = log_end(only)
     with Spool(spool_path) as spool:
         spool.accept(with_thumb(3, 9000))  # a commit over three pages
@@ -456,11 +444,7 @@ def test_a_segment_whose_first_commit_never_reached_the_disk_is_not_damage(spool
 
 
 def test_a_damaged_header_keeps_the_commits_after_it(spool_path):
-    with Spool(spool_path) as spool:
-        for n in range(20):
-            spool.accept(event(n))
-            spool.flush()
-    (only,) = segments(spool_path)
+    only = commit_events(spool_path, range(20), one_commit_each=True)
     data = bytearray(only.read_bytes())
     data[:8] = b"\0" * 8
     only.write_bytes(bytes(data))
