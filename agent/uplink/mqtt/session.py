@@ -10,6 +10,7 @@ flight when a connection ended stays in the spool and goes again on the next one
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import socket
 import ssl
@@ -17,16 +18,61 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.uplink.mqtt.settings import PublisherSettings
 
 CONNACK_TIMEOUT_S = 15.0
+
+
+def _paho_has_puback_hooks() -> bool:
+    """Whether this paho release has the two private methods _Client relies on, as in 2.0 to 2.2."""
+    handle, report = (getattr(paho.Client, name, None) for name in ("_handle_pubackcomp", "_do_on_publish"))
+    if handle is None or report is None:
+        return False
+    return list(inspect.signature(report).parameters) == ["self", "mid", "reason_code", "properties"]
+
+
+_FAST_PUBACK = _paho_has_puback_hooks()
+
+
+class _Client(paho.Client):
+    """paho's client with a cheaper PUBACK for the common case.
+
+    paho decodes every PUBACK into a fresh ReasonCode and Properties object: about two fifths of its
+    network thread's time while a backlog drains (py-spy, bench/uplink.py), and that thread is the
+    drain's bottleneck. A PUBACK that only accepts (a packet id; in MQTT 5 maybe a success code, 0x00
+    or 0x10 "no matching subscribers", and no properties) is handed to on_publish with a shared
+    ReasonCode instead. Anything else (a refusal with its reason, properties, a malformed packet)
+    goes through paho's own decoding, and so does everything on a paho release without the methods
+    this relies on."""
+
+    _ACCEPTED: ClassVar[dict[int, ReasonCode]] = {
+        code: ReasonCode(PacketTypes.PUBACK, identifier=code) for code in (0x00, 0x10)
+    }
+    _NO_PROPERTIES: ClassVar[Properties] = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
+
+    def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
+        if not _FAST_PUBACK or cmd != "PUBACK":
+            return super()._handle_pubackcomp(cmd)
+        packet = self._in_packet["packet"]
+        if len(packet) == 2:
+            reason = self._ACCEPTED[0]
+        elif len(packet) == 3 and self._protocol == paho.MQTTv5 and packet[2] in self._ACCEPTED:
+            reason = self._ACCEPTED[packet[2]]
+        else:
+            return super()._handle_pubackcomp(cmd)
+        mid = packet[0] << 8 | packet[1]
+        with self._out_message_mutex:
+            if mid in self._out_messages:
+                return self._do_on_publish(mid, reason, self._NO_PROPERTIES)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
 @dataclass(frozen=True)
@@ -77,7 +123,10 @@ class Session:
         # Once it holds fewer, every PUBACK wakes it, so a live event is never waited on.
         self._ack_batch = max(1, ack_batch or settings.inflight)
         self._coalescing: bool | None = None
-        self._outstanding = 0  # publishes paho has taken and not yet seen acknowledged
+        # publishes handed to paho (written by the publisher's thread only) and PUBACKs seen (by paho's
+        # thread only): their difference is what paho holds, with no lock taken per publish
+        self._handed = 0
+        self._answered = 0
         self._changed = threading.Event()
         self._lock = threading.Lock()
         self._looping = False
@@ -85,7 +134,7 @@ class Session:
 
     def _client(self, will: bytes) -> paho.Client:
         s = self.settings
-        client = paho.Client(
+        client = _Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=s.node_id,
             protocol=paho.MQTTv5 if s.v5 else paho.MQTTv311,
@@ -157,12 +206,10 @@ class Session:
         self, topic: str, payload: bytes, *, retain: bool, properties: Properties | None = None
     ) -> int | None:
         """QoS 1; the packet id, or None when paho could not take it (the reason is in `ended`)."""
-        with self._lock:  # before paho has it: its thread may report the PUBACK before publish() returns
-            self._outstanding += 1
+        self._handed += 1  # before paho has it: its thread may report the PUBACK before publish() returns
         info = self.client.publish(topic, payload, qos=1, retain=retain, properties=properties)
         if info.rc != paho.MQTT_ERR_SUCCESS:
-            with self._lock:
-                self._outstanding -= 1
+            self._handed -= 1
             self.ended = f"publish: {paho.error_string(info.rc)}"
             return None
         return info.mid
@@ -245,14 +292,14 @@ class Session:
         if getattr(reason_code, "is_failure", False):
             with self._lock:
                 self.events.refused.append(Ack(mid, int(reason_code.value), str(reason_code)))
-                self._outstanding -= 1
+                self._answered += 1
             self._notify()
             return
         with self._lock:
             acked = self.events.acked
             acked.append(mid)
-            self._outstanding -= 1
-            wake = len(acked) >= self._ack_batch or self._outstanding <= self._ack_batch
+            self._answered += 1
+            wake = len(acked) >= self._ack_batch or self._handed - self._answered <= self._ack_batch
         if wake:
             self._notify()
 
