@@ -31,7 +31,7 @@ from agent.uplink.link import LinkProxy, LinkState  # noqa: E402
 from agent.uplink.mqtt import BrokerUrl, MqttPublisher  # noqa: E402
 from agent.uplink.spool import Outgoing, Priority, Spool, SpoolLimits  # noqa: E402
 from bench.common import emit, machine, summary  # noqa: E402
-from bench.wearmeter import LoopDisk, spool_extent, syncfs  # noqa: E402
+from bench.wearmeter import LoopDisk, syncfs  # noqa: E402
 from tests.brokers import Collector, Mosquitto  # noqa: E402
 
 EVENT = {
@@ -190,19 +190,22 @@ def latency_under_brownout(broker: Mosquitto, folder: Path, rate_bps: int = 2000
     }
 
 
-def disk_bytes_per_event(folder: Path, events: int = 500) -> dict:
+def disk_bytes_per_event(folder: Path, events: int = 600, warmup: int = 700) -> dict:
     """Bytes written to the device per accepted event under sustained load (20 events/s, each with a
     4 kB thumbnail), steady state: each event acknowledged as soon as it is committed, so deletions
-    are counted too. The spool sits on its own ext4 file system on a loop device (bench/wearmeter.py),
-    counted from a warm-up on, with zero-filling at its steady rate as in bench/wear.py, which measures
-    the whole agent on the street trace. /proc/self/io is no instrument here: on kernels whose page
-    cache keeps large folios it counts whole folios per small write."""
+    are counted too. The spool sits on its own ext4 file system on a loop device (bench/wearmeter.py).
+    A 32 MB budget makes 1 MB segments, so the warm-up fills and retires a few and the window sees
+    segments start in recycled files, as on a node that has run for a while (a 256 MB budget: 8 MB
+    segments, a few hours of a busy street). /proc/self/io is no instrument here: on kernels whose
+    page cache keeps large folios it counts whole folios per small write."""
     reason = LoopDisk.unavailable()
     if reason is not None:
         return {"skipped": reason}
     with LoopDisk(folder / "disk-loop") as disk:
-        spool = Spool(disk.mnt / "spool", limits=SpoolLimits(commit_interval_s=0.2)).start()
+        limits = SpoolLimits(commit_interval_s=0.2, budget_bytes=32 << 20)
+        spool = Spool(disk.mnt / "spool", limits=limits).start()
         spool.add_listener(lambda records: spool.ack(r.rowid for r in records))  # a good link: PUBACK at once
+        segments = spool._store._log  # the bench reads the log's own counters
 
         def offer(count: int) -> None:
             for n in range(count):  # a busy street: 20 events/s with thumbnails
@@ -215,28 +218,26 @@ def disk_bytes_per_event(folder: Path, events: int = 500) -> dict:
                 time.sleep(0.05)
             spool.flush()
 
-        offer(40)  # warm-up: the first segment, its first zero-fill and the first commits stay out
+        offer(warmup)
         syncfs(disk.mnt)
-        written, extent = disk.written(), spool_extent(disk.mnt / "spool")
-        accepted, commits = spool.bytes_accepted, spool.commits
+        written, zeros, accepted, commits = disk.written(), segments.zero_filled, spool.bytes_accepted, spool.commits
+        first = max(segments.segments)
         offer(events)
-        spool.flush()
         syncfs(disk.mnt)
-        measured = disk.written() - written
-        after = spool_extent(disk.mnt / "spool")
-        total = measured - (after[0] - extent[0]) + (after[1] - extent[1])  # zeros at their steady rate
+        total = disk.written() - written
         payload = spool.bytes_accepted - accepted
-        commits = spool.commits - commits
+        out = {
+            "events": events,
+            "payload_bytes_per_event": round(payload / events),
+            "disk_bytes_per_event": round(total / events),
+            "times_payload": round(total / payload, 2),
+            "segments_started": max(segments.segments) - first,
+            "zero_filled_bytes": segments.zero_filled - zeros,
+            "commits": spool.commits - commits,
+            "events_per_commit": round(events / max(1, spool.commits - commits), 1),
+        }
         spool.stop()
-    return {
-        "events": events,
-        "payload_bytes_per_event": round(payload / events),
-        "disk_bytes_per_event": round(total / events),
-        "times_payload": round(total / payload, 2),
-        "measured_bytes": measured,
-        "commits": commits,
-        "events_per_commit": round(events / max(1, commits), 1),
-    }
+    return out
 
 
 def drain_with_fed_paho(broker: Mosquitto, events: int, thumbs: int, inflight: int = 20) -> dict:

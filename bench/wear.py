@@ -19,10 +19,11 @@ by side (two agents at once on the same scene):
   as Raspberry Pi OS mounts its root) on a loop device; the bytes written *to the device* are the
   loop device's written sectors, with a `syncfs` at both ends of the window: data, journal and
   file-system metadata, which is what an SD card receives. Needs root (loop devices).
-  The spool zero-fills its segments ahead of its log (agent/uplink/spool/segments.py), a megabyte
-  at a time: whether such a write falls inside a window is luck, so the device figure counts zeros
-  at their steady rate instead, one byte per byte the log grew in the window (`measured` is the raw
-  count; the size change each zero-fill journals, about 2 % of it, is left out).
+  The spool zero-fills a new segment file ahead of its log (agent/uplink/spool/segments.py), a
+  megabyte at a time, until it has a retired segment's file to reuse: from the third segment on (at
+  the default budget, 8 MB segments, a few hours of this street) it writes no zeros at all. Whether
+  a zero-fill of the first segments falls inside a window is luck, so the device figure leaves the
+  zeros written in the window out, as in that steady state (`measured` is the raw count).
 - **process**: `/proc/<agent>/io` `write_bytes` of that same agent (pages it made dirty). On a
   kernel whose page cache keeps large folios (6.x here), a small write counts the whole folio it
   dirties, up to the megabyte the spool zero-filled at once, so this overstates a hundredfold
@@ -236,7 +237,7 @@ def measure_variant(
         if disk is not None:
             files, log = spool1[0] - spool0[0], spool1[1] - spool0[1]
             out["device"] = {
-                "bytes": dev1 - dev0 - files + log,  # zero-filling at its steady rate (module doc)
+                "bytes": dev1 - dev0 - files,  # no zero-filling in the steady state (module doc)
                 "measured": dev1 - dev0,
                 "spool_file_growth": files,
                 "spool_log_growth": log,

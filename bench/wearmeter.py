@@ -39,7 +39,7 @@ def spool_extent(spool: Path) -> tuple[int, int]:
         except FileNotFoundError:
             continue  # retired meanwhile
         files += len(data)
-        log += codec.scan(data).end
+        log += codec.scan(data, int(path.name[4:14])).end
     return files, log
 
 

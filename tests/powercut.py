@@ -67,11 +67,13 @@ COMMIT_POINTS = [
     CrashPoint("write", SPOOL_FILES, "after", "a commit written, not yet synced"),
 ]
 # With a small budget the spool starts new segments and copies the last waiting records of an old one
-# forward (compaction) often: a crash at the directory entry of a new segment, or while an old one
-# is unlinked, lands inside that.
+# forward (compaction) often: a crash at the directory entry of a new segment, while an old one is
+# unlinked or kept as a spare, or when a spare becomes the new segment, lands inside that.
 SEGMENT_POINTS = [
     CrashPoint("create", SPOOL_FILES, "after", "a new segment created, its snapshot not yet written"),
     CrashPoint("unlink", SPOOL_FILES, "before", "an old segment about to be unlinked after compaction"),
+    CrashPoint("rename", SPOOL_FILES, "after", "a retired segment kept as a spare file"),
+    CrashPoint("rename", r"/spool/spare-\d+\.log$", "after", "a spare reused as a new segment, no snapshot yet"),
 ]
 CRASH_POINTS = COMMIT_POINTS
 

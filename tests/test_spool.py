@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import threading
 
 import pytest
@@ -297,8 +298,9 @@ def test_damage_in_the_middle_is_set_aside_and_what_decodes_is_kept(spool_path):
 
 
 def log_end(path) -> int:
-    """Where the log in a segment file ends (after its last commit; zeros follow up to the file's end)."""
-    return codec.scan(path.read_bytes()).end
+    """Where the log in a segment file ends (after its last commit; zeros, or a recycled file's earlier
+    life, follow up to the file's end)."""
+    return codec.scan(path.read_bytes(), int(path.name[4:14])).end
 
 
 def tear(path, start: int, end: int, fill: bytes | None = None) -> None:
@@ -361,6 +363,58 @@ def test_a_full_segment_is_cut_to_its_log_when_the_next_one_starts(spool_path):
         assert active.stat().st_size > log_end(active)
     with Spool(spool_path, limits=limits) as spool:
         assert spool.recovered_from is None and spool.seq("events") == 200
+
+
+def test_retired_segments_are_overwritten_in_place_and_their_old_entries_never_return(spool_path, tmp_path):
+    """A segment whose records have all left becomes the file of a later segment, so no zeros are
+    written ahead for it (SD-card wear), and nothing of the file's earlier life is ever read back:
+    not after a power cut (the directory as it was while the spool ran), and not by an older release
+    after a clean stop (which reads a segment to its end)."""
+    limits = SpoolLimits(budget_bytes=4 * 1024 * 1024, commit_interval_s=0.01)  # 128 kB segments
+    held: list[int] = []
+    hold = threading.Event()
+
+    def deliver(records):  # a good link acknowledges at once; while `hold` is set, nothing is
+        if hold.is_set():
+            held.extend(r.rowid for r in records)
+        else:
+            spool.ack(r.rowid for r in records)
+
+    def offer(numbers):
+        for n in numbers:
+            spool.accept(with_thumb(n, 3000))
+            if n % 10 == 9:
+                spool.flush()
+        spool.flush()
+
+    crash_image = tmp_path / "as-the-power-cut-left-it"
+    with Spool(spool_path, limits=limits) as spool:
+        spool.add_listener(deliver)
+        offer(range(200))  # segments start, fill, and retire as their records are delivered
+        log = spool._store._log
+        zeros, started = log.zero_filled, max(log.segments)
+        offer(range(200, 400))
+        new_segments = max(log.segments) - started
+        assert new_segments >= 3
+        # overwriting retired files: at most the last commit's page past a file's old end is zero-filled
+        assert log.zero_filled - zeros < new_segments * 4096, "new segments must not be zero-filled files"
+        hold.set()
+        offer(range(400, 405))
+        active = segments(spool_path)[-1]
+        assert active.read_bytes()[log_end(active) :].strip(b"\0"), "the active segment is a recycled file"
+        shutil.copytree(spool_path, crash_image)
+        hold.clear()
+        offer(range(405, 420))
+    with Spool(crash_image, limits=limits) as spool:
+        assert spool.recovered_from is None
+        assert spool.seq("events") == 405
+        assert sorted(r.rowid for r in spool.next_records(1000)) == sorted(held)  # nothing older came back
+    assert not list(spool_path.glob("spare-*"))
+    for path in segments(spool_path):  # after a clean stop, a reader that knows nothing of recycling
+        data = path.read_bytes()
+        assert codec.scan(data).end == log_end(path) and not data[log_end(path) :].strip(b"\0")
+    with Spool(spool_path, limits=limits) as spool:
+        assert spool.seq("events") == 420 and spool.stats()["depth"] == 10
 
 
 def test_a_reopened_segment_ends_at_its_last_commit_and_appends_after_it(spool_path):

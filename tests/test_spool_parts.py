@@ -86,6 +86,30 @@ def test_segments_of_older_agents_commit_with_the_number_alone():
     assert len(scan.groups) == 2 and scan.end == len(data) and not scan.damaged
 
 
+def tagged(segment_number: int, *groups: list[bytes], first_commit: int = 1) -> bytes:
+    """A segment as this spool writes it: every COMMIT names the segment it was written for."""
+    data = codec.MAGIC
+    for number, entries in enumerate(groups, start=first_commit):
+        group = b"".join(entries)
+        data += group + codec.encode_commit(number, group, segment_number)
+    return data
+
+
+def test_a_recycled_file_ends_where_its_earlier_life_begins():
+    """A retired segment's file reused for segment 9: the new groups overwrite its start, and what
+    follows them, valid groups of segment 4, is not segment 9's (an older reader would take it)."""
+    old = tagged(4, [record(1, 1)], [record(2, 2)], [record(3, 3)])  # acknowledged in later segments
+    new = tagged(9, [record(10, 10, b'{"n":10}')], first_commit=50)
+    data = new + old[len(new) :]
+    scan = codec.scan(data, 9)
+    assert scan.stale and scan.end == len(new) and not scan.damaged and not scan.untagged
+    assert sorted(replay([(9, scan.groups)]).index.entries) == [10]
+    returned = set(replay([(9, codec.scan(data).groups)]).index.entries) - {10}  # unchecked, they return
+    assert returned and returned <= {1, 2, 3}
+    assert not codec.scan(new + bytes(4096), 9).stale  # zeros: the plain end of a log
+    assert codec.scan(segment([record(1, 1)]), 1).untagged  # an older agent's segment is never recycled
+
+
 def test_acks_and_drops_in_later_segments_apply_to_earlier_records():
     one = codec.scan(segment([record(1, 1), record(2, 2)]))
     two = codec.scan(

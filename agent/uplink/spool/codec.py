@@ -9,8 +9,11 @@ without its COMMIT (a power cut in the middle of a write) was never committed an
 COMMIT entry carries the length and CRC-32 of the bytes of its group: segments are written in place
 into blocks zero-filled ahead of time (segments.py), and a power cut inside the `fdatasync` of an
 overwrite may leave a later page of the group on the card but not an earlier one, so a COMMIT only
-counts when every byte before it, back to the previous COMMIT, is what was written. (Segments of
-older agents end their groups with a COMMIT of the number alone; they are read as before.) The SYNC
+counts when every byte before it, back to the previous COMMIT, is what was written. It also names
+the segment it was written for: a segment file may be a recycled older one (segments.py), and the
+groups of its earlier life that lie past the new log's end are valid groups of another segment,
+where the scan stops. (Segments of older agents end their groups with a COMMIT of the number alone,
+or without the segment; they are read as before.) The SYNC
 marker lets a reader find the next entry after damaged bytes, to tell a torn tail (normal after a
 power cut) from damage in the middle (an SD card going bad). A segment's unused, zero-filled end
 holds no SYNC marker, so a scan stops at its first zero byte where an entry should begin.
@@ -44,6 +47,7 @@ _RETAIN, _TRUSTED = 1, 2
 _DROP = struct.Struct("<QBI")  # rowid (0: never committed), priority, payload bytes; then the reason
 _U64 = struct.Struct("<Q")
 _COMMIT = struct.Struct("<QII")  # commit number, length and crc32 of the group's bytes before it
+_COMMIT_TAGGED = struct.Struct("<QIIQ")  # the same, and the number of the segment it was written for
 _F64 = struct.Struct("<d")
 
 
@@ -168,12 +172,23 @@ def decode_clock(body: memoryview) -> float:
     return float(_F64.unpack_from(body, 0)[0])
 
 
-def encode_commit(number: int, group: bytes | None = None) -> bytes:
+def encode_commit(number: int, group: bytes | None = None, segment: int | None = None) -> bytes:
     """The COMMIT entry closing `group` (every byte written since the previous COMMIT or the file
-    header). Without `group`: the older form (the number alone), which proves nothing about the group."""
+    header) in segment number `segment`. Without `group`: the oldest form (the number alone), which
+    proves nothing about the group; without `segment`, the form that does not name its segment.
+    (Older agents read the first fields of a COMMIT and ignore what follows.)"""
     if group is None:
         return frame(COMMIT, _U64.pack(number))
-    return frame(COMMIT, _COMMIT.pack(number, len(group), zlib.crc32(group)))
+    if segment is None:
+        return frame(COMMIT, _COMMIT.pack(number, len(group), zlib.crc32(group)))
+    return frame(COMMIT, _COMMIT_TAGGED.pack(number, len(group), zlib.crc32(group), segment))
+
+
+def commit_segment(commit: Entry) -> int | None:
+    """The segment a COMMIT entry was written for; None for the older forms that do not say."""
+    if len(commit.body) < _COMMIT_TAGGED.size:
+        return None
+    return int(_COMMIT_TAGGED.unpack_from(commit.body, 0)[3])
 
 
 def _commit_covers(buf: memoryview, group_start: int, commit: Entry) -> bool:
@@ -204,6 +219,8 @@ class Scan:
     end: int  # offset just after the last COMMIT: everything after it was never committed
     damaged: list[tuple[int, int]]  # byte ranges that did not decode, followed by committed groups
     header_ok: bool = True
+    stale: bool = False  # stopped at a COMMIT of another segment: the file's earlier life follows
+    untagged: bool = False  # holds COMMITs that do not name their segment (older agents' forms)
 
 
 def _entry_at(buf: memoryview, pos: int) -> Entry | None:
@@ -257,9 +274,11 @@ def _resync(buf: memoryview, pos: int) -> int | None:
     return None
 
 
-def scan(data: bytes) -> Scan:
-    """Split a segment's bytes into committed groups; a group counts only with its COMMIT entry."""
+def scan(data: bytes, segment: int | None = None) -> Scan:
+    """Split a segment's bytes into committed groups; a group counts only with its COMMIT entry.
+    Given the file's segment number, the scan ends at a COMMIT written for another segment."""
     buf = memoryview(data)
+    stale = untagged = False
     header_ok = buf[:HEADER_SIZE] == MAGIC
     groups: list[list[Entry]] = []
     damaged: list[tuple[int, int]] = []
@@ -282,6 +301,12 @@ def scan(data: bytes) -> Scan:
             continue
         pos += entry.length
         if entry.kind == COMMIT:
+            written_for = commit_segment(entry)
+            if written_for is None:
+                untagged = True
+            elif segment is not None and written_for != segment:
+                stale = True  # the recycled file's earlier life: nothing from here on is this segment's
+                break
             if _commit_covers(buf, group_start, entry):
                 groups.append(group)
                 end = pos
@@ -292,7 +317,7 @@ def scan(data: bytes) -> Scan:
             group.append(entry)
     # damage counts only when committed groups follow it; otherwise it is the torn tail
     damaged = [(a, b) for a, b in damaged if b < end]
-    return Scan(groups, end, damaged, header_ok)
+    return Scan(groups, end, damaged, header_ok, stale, untagged)
 
 
 def iter_entries(groups: list[list[Entry]]) -> Iterator[Entry]:

@@ -33,7 +33,21 @@ cut to its log (so finished segments look as older agents wrote them, and an age
 older release reads them) and a new one starts with a STATE entry (counters, drop tallies,
 metadata), so that the newest segment alone carries everything a restart needs even after older
 segments are gone. What the spool takes on disk (`disk_bytes`, its budget) is the files' sizes,
-zero-filled ends included.
+zero-filled ends and spares included.
+
+Why retired segments are recycled: zero-filling writes every byte of the log twice, once as zeros
+and once as entries, which under sustained load is most of what the spool costs the card (bench/
+uplink.py: 2.2× the payload with fresh files, 1.4× with recycled ones). So a segment none of whose
+records waits any more is renamed to a spare (`SPARES` at most), and the next segment is that file,
+overwritten in place from its start: its blocks exist, no zeros are written and no fdatasync
+journals a new size. Past the new log's end lie the entries of the file's earlier life, valid
+groups of another segment; every COMMIT therefore names the segment it was written for, and a scan
+ends at one naming another (codec.py). Only files whose every COMMIT names its segment become spares:
+an older agent's entries would not say whose they are. Spares live as long as the process: they are
+deleted at start and at a clean stop, when a recycled active segment is also cut to its log, so that
+an agent rolled back to an older release (which reads a segment to its end) finds no earlier life
+to read. (After a power cut, the same agent reads the directory next; a rollback right then would
+have the older release send some long-delivered records again, which consumers deduplicate by id.)
 """
 
 from __future__ import annotations
@@ -57,6 +71,8 @@ PAGE = 4096
 # Zeros written ahead of the log's end at a time: one journaled size change per this many bytes of
 # commits (about 900 commits of a busy street's events) instead of one per commit
 PREALLOCATE_BYTES = 1024 * 1024
+SPARE_NAME = re.compile(r"spare-(\d{10})\.log")
+SPARES = 1  # retired segment files kept for the next new segment
 
 
 class SpoolUnavailable(Exception):
@@ -70,7 +86,9 @@ class Segment:
     path: Path
     fd: int
     size: int  # where the log ends: the next commit is written here
-    allocated: int  # the file's size: blocks written (zeros past `size`) that commits overwrite
+    allocated: int  # the file's size: blocks written (zeros, or a recycled file's old entries, past `size`)
+    tagged: bool = True  # every COMMIT in the file names its segment: it may be recycled
+    stale: bool = False  # a recycled file: its earlier life's entries lie past `size`
 
     def read(self, offset: int, length: int) -> bytes:
         return os.pread(self.fd, length, offset)
@@ -101,6 +119,7 @@ class SegmentLog:
         self.directory = directory
         self.segment_bytes = segment_bytes
         self.segments: dict[int, Segment] = {}
+        self.spares: list[Path] = []  # retired segment files, for the next segments to overwrite
         self._lock_fd: int | None = None
         self.bytes_written = 0  # what this process appended (entries and headers): SD wear accounting
         self.zero_filled = 0  # zeros written ahead of the log (each segment's bytes once)
@@ -115,19 +134,23 @@ class SegmentLog:
         except OSError as exc:
             raise SpoolUnavailable(f"cannot open spool {self.directory}: {exc}") from None
         opened = Opened()
+        for path in self.directory.iterdir():
+            if SPARE_NAME.fullmatch(path.name):  # a spare of an earlier run: kept only while running
+                path.unlink(missing_ok=True)
         numbers = sorted(
             int(m.group(1)) for p in self.directory.iterdir() if (m := SEGMENT_NAME.fullmatch(p.name))
         )
         for index, number in enumerate(numbers):
             path = self.directory / f"seg-{number:010d}.log"
             data = path.read_bytes()
-            scan = codec.scan(data)
+            scan = codec.scan(data, number)
             last = index == len(numbers) - 1
-            # what follows the last commit that is not the zero-filled end: a torn commit or damage
-            tail = max(scan.end, len(data.rstrip(b"\0"))) - scan.end
-            if last and not scan.header_ok and not data.strip(b"\0"):
-                # created, but its first commit never reached the disk (a power cut while a new segment
-                # started): empty or zeros, it never held anything, and cannot be appended to
+            # what follows the last commit that is neither the zero-filled end nor a recycled file's
+            # earlier life: a torn commit or damage
+            tail = 0 if scan.stale else max(scan.end, len(data.rstrip(b"\0"))) - scan.end
+            if last and not scan.groups and (scan.stale or not data.strip(b"\0")):
+                # created (or recycled), but its first commit never reached the disk (a power cut while
+                # a new segment started): it never held anything of its own, and cannot be appended to
                 path.unlink()
                 _fsync_dir(self.directory)
                 continue
@@ -144,6 +167,7 @@ class SegmentLog:
                 opened.groups.append((number, scan.groups))
                 continue
             segment = self._open_segment(number, path, size=scan.end)
+            segment.tagged, segment.stale = not scan.untagged, scan.stale
             if tail:  # the torn tail of the active segment: never committed; zeros, like the rest
                 opened.torn_bytes += tail
                 try:
@@ -187,16 +211,28 @@ class SegmentLog:
         active = self.active
         return active is None or active.size >= self.segment_bytes
 
-    def start_segment(self, first_entries: bytes) -> Segment:
-        """A new active segment beginning with `first_entries` (a STATE snapshot and its COMMIT)."""
+    def start_segment(self, first_group: bytes, commit_number: int) -> Segment:
+        """A new active segment beginning with `first_group` (a STATE snapshot) and its COMMIT, in a
+        spare (a retired segment's file, overwritten in place: no zeros to write ahead) if there is one."""
         previous = self.active
         if previous is not None and previous.allocated > previous.size:
             self._cut_to_log(previous)
         number = max(self.segments, default=0) + 1
         path = self.directory / f"seg-{number:010d}.log"
+        recycled = False
+        while self.spares and not recycled:
+            spare = self.spares.pop()
+            try:
+                os.rename(spare, path)
+                recycled = True
+            except OSError as exc:
+                log.warning("spool: cannot reuse %s (%s)", spare.name, exc)
+                with contextlib.suppress(OSError):
+                    spare.unlink()
         segment = self._open_segment(number, path, size=0)
+        segment.stale = recycled and segment.allocated > 0
         self.segments[number] = segment
-        self.append([codec.MAGIC + first_entries])
+        self.append([codec.MAGIC + first_group, codec.encode_commit(commit_number, first_group, number)])
         _fsync_dir(self.directory)
         return segment
 
@@ -210,6 +246,7 @@ class SegmentLog:
             log.warning("spool: cannot cut the zero-filled end of %s (%s)", segment.path.name, exc)
             return
         segment.allocated = segment.size
+        segment.stale = False
 
     def append(self, chunks: list[bytes]) -> tuple[Segment, int]:
         """Write `chunks` where the active segment's log ends in one write, then fdatasync; returns
@@ -231,7 +268,7 @@ class SegmentLog:
         except OSError:
             with contextlib.suppress(OSError):
                 os.ftruncate(segment.fd, start)
-                segment.allocated = start
+                segment.allocated, segment.stale = start, False
             raise
         self.zero_filled += allocated - max(end, segment.allocated)
         segment.size, segment.allocated = end, allocated
@@ -246,16 +283,40 @@ class SegmentLog:
         return -(-max(end, target) // PAGE) * PAGE
 
     def retire(self, number: int) -> None:
-        """Unlink a segment none of whose records is still waiting (never the active one)."""
+        """Let go of a segment none of whose records is still waiting (never the active one): its
+        file becomes a spare for the next new segment, or is unlinked. Only a file whose every COMMIT
+        names its segment is kept (an older agent's would read as this segment's after reuse)."""
         segment = self.segments.pop(number)
         os.close(segment.fd)
+        if segment.tagged and len(self.spares) < SPARES:
+            spare = self.directory / f"spare-{number:010d}.log"
+            try:
+                os.rename(segment.path, spare)
+                self.spares.append(spare)
+                return
+            except OSError as exc:
+                log.warning("spool: cannot keep %s as a spare (%s)", segment.path.name, exc)
         segment.path.unlink(missing_ok=True)
 
     def disk_bytes(self) -> int:
-        """What the segments take on disk: their files, zero-filled ends included."""
-        return sum(max(s.size, s.allocated) for s in self.segments.values())
+        """What the segments take on disk: their files, zero-filled ends and spares included."""
+        spares = 0
+        for spare in self.spares:
+            with contextlib.suppress(OSError):
+                spares += spare.stat().st_size
+        return spares + sum(max(s.size, s.allocated) for s in self.segments.values())
 
     def close(self) -> None:
+        """Close the files. A recycled active segment is cut to its log first and the spares go, so
+        that no entry of an earlier life is left behind for an agent rolled back to an older release
+        (which reads a segment to its end)."""
+        active = self.active
+        if active is not None and active.stale:
+            self._cut_to_log(active)
+        for spare in self.spares:
+            with contextlib.suppress(OSError):
+                spare.unlink()
+        self.spares.clear()
         for segment in self.segments.values():
             with contextlib.suppress(OSError):
                 os.close(segment.fd)
@@ -282,5 +343,6 @@ def read_only_groups(directory: Path) -> list[tuple[int, list[list[codec.Entry]]
             data = path.read_bytes()
         except FileNotFoundError:
             continue  # retired while we looked
-        found.append((int(match.group(1)), codec.scan(data).groups))
+        number = int(match.group(1))
+        found.append((number, codec.scan(data, number).groups))
     return found

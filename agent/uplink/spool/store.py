@@ -356,7 +356,9 @@ class SpoolStore:
         uptime = self.uptime() if uptime is None else uptime
         self.state.commits += 1
         group = b"".join([*chunks, codec.encode_clock(uptime)])
-        self._log.append([group, codec.encode_commit(self.state.commits, group)])
+        active = self._log.active
+        assert active is not None  # every caller starts a segment first when there is none
+        self._log.append([group, codec.encode_commit(self.state.commits, group, active.number)])
         self._last_clock_write = uptime
         self.state.uptime = max(self.state.uptime, uptime)
         self.commits += 1
@@ -369,16 +371,17 @@ class SpoolStore:
         state.commits += 1
         snapshot = codec.encode_json(codec.STATE, state.snapshot())
         try:
-            self._log.start_segment(snapshot + codec.encode_commit(state.commits, snapshot))
+            self._log.start_segment(snapshot, state.commits)
         except OSError:
             state.tally.give_back(unsaved)
             raise
 
     def _retire_and_compact(self) -> None:
-        """Unlink the oldest segments once nothing in them waits. Copy the records still waiting in
-        the oldest segment forward (so it can go too) when it is mostly delivered, or when the spool
-        is near its budget. Only ever the oldest: a segment's acknowledgements must not vanish while
-        an older segment still holds the records they acknowledge. Call with the writer lock held."""
+        """Retire the oldest segments once nothing in them waits (their files are reused or unlinked).
+        Copy the records still waiting in the oldest segment forward (so it can go too) when it is
+        mostly delivered, or when the spool is near its budget. Only ever the oldest: a segment's
+        acknowledgements must not vanish while an older segment still holds the records they
+        acknowledge. Call with the writer lock held."""
         index, segments, limits = self.state.index, self._log.segments, self.limits
         tight = limits.budget_bytes - 2 * limits.segment_bytes
         for _ in range(4 * (limits.budget_bytes // limits.segment_bytes)):  # bounded work per call
