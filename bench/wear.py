@@ -166,7 +166,14 @@ def payload(events: list[dict[str, Any]], published: list[Any], node: str) -> di
 
 
 def measure_variant(
-    name: str, folder: Path, broker: Mosquitto, *, warmup: float, seconds: float, instruments: set[str]
+    name: str,
+    folder: Path,
+    broker: Mosquitto,
+    *,
+    warmup: float,
+    seconds: float,
+    instruments: set[str],
+    extra_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """One variant: the device agent and the LazyFS agent side by side over the same window."""
     from tests.lazyfs import LazyFS, LazyFSUnavailable
@@ -190,7 +197,7 @@ def measure_variant(
             except LazyFSUnavailable as exc:
                 out["files"] = {"skipped": str(exc)}
         base = disk.mnt if disk is not None else folder / f"{name}-plain"  # the process instrument's agent
-        env = VARIANTS[name]
+        env = {**VARIANTS[name], **(extra_env or {})}
         agents = {
             "device": AgentRun(base / "state", broker.url, node="wear", env=env, log=folder / f"{name}.log")
         }
@@ -349,7 +356,15 @@ def main() -> None:
         help="device: ext4 on a loop device (and /proc io); files: LazyFS's per-file log",
     )  # fmt: skip
     parser.add_argument("--keep", type=Path, default=None, help="keep the agents' and LazyFS's logs here")
+    parser.add_argument(
+        "--commit-interval-ms", type=int, default=None,
+        help="the agents' spool.commit_interval_ms (default: the agent's own); fewer commits on a quiet "
+        "node trade latency and power-cut exposure for wear",
+    )  # fmt: skip
     args = parser.parse_args()
+    extra_env = (
+        {"VIGIL_SPOOL__COMMIT_INTERVAL_MS": str(args.commit_interval_ms)} if args.commit_interval_ms else None
+    )
     trace = read_trace(TRACE)
     folder = args.keep or Path(tempfile.mkdtemp(prefix="vigil-wear-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -365,6 +380,7 @@ def main() -> None:
                     warmup=args.warmup,
                     seconds=args.seconds,
                     instruments=set(args.instruments),
+                    extra_env=extra_env,
                 )
         finally:
             broker.stop()
@@ -379,6 +395,7 @@ def main() -> None:
             "benchmark": "wear",
             "machine": machine(),
             "scene": "synthetic:1 in real time (vigil-synth): the scene of traces/street.json",
+            "commit_interval_ms": args.commit_interval_ms,  # None: the agent's default
             "headline_instrument": headline,
             "per_event": costs,
             "per_day_street": per_day(costs[headline], trace) if headline else None,
