@@ -64,10 +64,8 @@ class PublishWindow:
 
     def settle(self, mid: int) -> InFlight | None:
         """The PUBACK for `mid` arrived; None when it was not one of ours (a status message)."""
-        flight = self.inflight.pop(mid, None)
-        if flight is not None:
-            self.bytes -= flight.size
-        return flight
+        flights = self.settle_all([mid])
+        return flights[0] if flights else None
 
     def settle_all(self, mids: list[int]) -> list[InFlight]:
         """PUBACKs for `mids` arrived: what they settled, in order (mids not ours are skipped)."""

@@ -223,7 +223,8 @@ class Scan:
     untagged: bool = False  # holds COMMITs that do not name their segment (older agents' forms)
 
 
-def _entry_at(buf: memoryview, pos: int) -> Entry | None:
+def _checked(buf: memoryview, pos: int) -> memoryview | None:
+    """The kind and body of the frame at `pos` if it checks out (sync, length, CRC), else None."""
     if pos + FRAME_OVERHEAD > len(buf):
         return None
     sync, length, crc = _FRAME.unpack_from(buf, pos)
@@ -231,35 +232,27 @@ def _entry_at(buf: memoryview, pos: int) -> Entry | None:
     if sync != SYNC or length < 1 or end > len(buf):
         return None
     data = buf[pos + _FRAME.size : end]
-    if zlib.crc32(data) != crc:
+    return data if zlib.crc32(data) == crc else None
+
+
+def _entry_at(buf: memoryview, pos: int) -> Entry | None:
+    data = _checked(buf, pos)
+    if data is None:
         return None
-    return Entry(bytes(data[:1]), pos, end - pos, data[1:])
+    return Entry(bytes(data[:1]), pos, _FRAME.size + len(data), data[1:])
 
 
 def read_record(data: bytes | memoryview) -> tuple[RecordFields, bytes]:
     """One RECORD entry read back from where it was written, and its payload; ValueError if it does
-    not check out. (read_entry plus decode_record without the intermediate objects: this is the
-    per-record cost of draining a backlog from disk.)"""
-    buf = memoryview(data)
-    if len(buf) < FRAME_OVERHEAD:
+    not check out. (No Entry in between: this is the per-record cost of draining a backlog.)"""
+    checked = _checked(memoryview(data), 0)
+    if checked is None:
         raise ValueError("spool entry does not check out (damaged on disk)")
-    sync, length, crc = _FRAME.unpack_from(buf, 0)
-    end = _FRAME.size + length
-    if sync != SYNC or length < 1 or end > len(buf) or zlib.crc32(buf[_FRAME.size : end]) != crc:
-        raise ValueError("spool entry does not check out (damaged on disk)")
-    if buf[_FRAME.size] != RECORD[0]:
+    if checked[0] != RECORD[0]:
         raise ValueError("spool entry is not a record")
-    body = buf[_FRAME.size + 1 : end]
+    body = checked[1:]
     fields = decode_record(body)
     return fields, bytes(body[fields.payload_at :])
-
-
-def read_entry(data: bytes) -> Entry:
-    """One framed entry read back from where it was written; ValueError if it does not check out."""
-    found = _entry_at(memoryview(data), 0)
-    if found is None:
-        raise ValueError("spool entry does not check out (damaged on disk)")
-    return found
 
 
 def _resync(buf: memoryview, pos: int) -> int | None:

@@ -182,8 +182,7 @@ class SpoolStore:
         assert target is not None
         at, lives = target.size, []
         for raw in entries:
-            entry = codec.read_entry(raw)
-            fields = codec.decode_record(entry.body)
+            fields, payload = codec.read_record(raw)
             lives.append(
                 Live(
                     fields.rowid,
@@ -194,7 +193,7 @@ class SpoolStore:
                     target.number,
                     at,
                     len(raw),
-                    len(entry.body) - fields.payload_at,
+                    len(payload),
                 )
             )
             at += len(raw)
